@@ -1,0 +1,311 @@
+//! The row-lock protocol's statements, one file per backend, behind a common trait.
+//!
+//! Each backend states its SQL once; [`LockConnection`] is what the rest of the crate
+//! calls. Every time comes from the database server's clock.
+
+use std::time::Duration;
+
+use diesel::r2d2::R2D2Connection;
+use diesel::result::{DatabaseErrorKind, Error as DieselError};
+use diesel::sql_types::{BigInt, Bool, Double, Nullable, Text};
+use diesel::{QueryResult, QueryableByName};
+
+use crate::config::BackendKind;
+
+#[cfg(feature = "mysql")]
+mod mysql;
+#[cfg(feature = "postgres")]
+mod postgres;
+#[cfg(feature = "sqlite")]
+mod sqlite;
+
+pub(crate) mod pool;
+
+// A lock without expiry gets `expires_at` 9999-01-01 00:00:00 UTC: far enough to never
+// pass, early enough that Django can still turn it into a `datetime` in any time zone.
+
+/// What one acquisition attempt found.
+#[doc(hidden)]
+#[derive(Debug, Clone, PartialEq)]
+pub enum Attempt {
+    /// The row is ours now, with this fencing token.
+    Acquired {
+        /// The fencing token.
+        token: i64,
+    },
+    /// Another owner holds it.
+    Held {
+        /// The holder, when the statement reported it.
+        holder: Option<String>,
+        /// How long until the holder's lease runs out, when known.
+        expires_in: Option<Duration>,
+    },
+}
+
+/// The identity of one held lease: what renew and release match on.
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy)]
+pub struct Lease<'a> {
+    pub(crate) name: &'a str,
+    pub(crate) owner: &'a str,
+    pub(crate) token: i64,
+}
+
+/// What [`migrate`](crate::Locks::migrate) did to the table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Migration {
+    /// The table did not exist and was created.
+    Created,
+    /// The table existed without the `token` column (created by Django) and got it.
+    Upgraded,
+    /// The table was already as this crate needs it.
+    UpToDate,
+}
+
+/// One row of the lock table, as [`Locks::list`](crate::Locks::list) reports it.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct LockInfo {
+    /// The lock's name.
+    pub name: String,
+    /// The last owner written into the row.
+    pub locked_by: Option<String>,
+    /// Seconds until the lease expires by the database's clock: negative when it has
+    /// expired, `None` when it was released, [`f64::INFINITY`] when it never expires.
+    pub expires_in: Option<f64>,
+    /// The fencing token of the last acquisition.
+    pub token: i64,
+}
+
+impl LockInfo {
+    /// Whether an owner holds the lock now.
+    pub fn is_held(&self) -> bool {
+        matches!(self.expires_in, Some(left) if left >= 0.0)
+    }
+
+    /// `"held"`, `"expired"` or `"released"`.
+    pub fn state(&self) -> &'static str {
+        match self.expires_in {
+            None => "released",
+            Some(left) if left >= 0.0 => "held",
+            Some(_) => "expired",
+        }
+    }
+}
+
+/// Seconds left as the databases report them; anything past a century is "no expiry".
+pub(crate) fn expires_in_from_secs(secs: Option<f64>) -> Option<f64> {
+    secs.map(|s| {
+        if s > 100.0 * 365.0 * 86_400.0 {
+            f64::INFINITY
+        } else {
+            s
+        }
+    })
+}
+
+/// Whether a failed statement is worth retrying (connection dropped, deadlock,
+/// serialization failure, busy database) or means something is wrong for good.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Failure {
+    Transient,
+    Persistent,
+    MissingTable,
+}
+
+/// A diesel connection type the lock protocol runs on: `PgConnection`, `MysqlConnection`
+/// or `SqliteConnection`, depending on the crate features.
+///
+/// This trait is sealed; its methods are an implementation detail.
+pub trait LockConnection: R2D2Connection + Send + 'static + sealed::Sealed {
+    #[doc(hidden)]
+    const KIND: BackendKind;
+
+    /// Per-connection settings run once after connecting (SQLite pragmas).
+    #[doc(hidden)]
+    fn setup(&mut self) -> QueryResult<()> {
+        Ok(())
+    }
+
+    /// Creates or upgrades the table; safe when several processes run it at once.
+    #[doc(hidden)]
+    fn migrate(&mut self) -> QueryResult<Migration>;
+
+    /// The names of the table's columns, empty when the table is missing.
+    #[doc(hidden)]
+    fn columns(&mut self) -> QueryResult<Vec<String>>;
+
+    /// One attempt: takes the row iff it is missing, released, expired or `owner`'s.
+    #[doc(hidden)]
+    fn try_acquire(
+        &mut self,
+        name: &str,
+        owner: &str,
+        ttl: Option<Duration>,
+    ) -> QueryResult<Attempt>;
+
+    /// Extends each lease by its ttl if owner and token still match and it has not expired;
+    /// returns, per lease, whether it was extended.
+    #[doc(hidden)]
+    fn renew(&mut self, leases: &[(Lease<'_>, Duration)]) -> QueryResult<Vec<bool>>;
+
+    /// Releases the lease (or keeps it `keep_for` longer) if owner and token still match.
+    #[doc(hidden)]
+    fn release(&mut self, lease: Lease<'_>, keep_for: Option<Duration>) -> QueryResult<bool>;
+
+    /// Whether the lease is still live and ours.
+    #[doc(hidden)]
+    fn verify(&mut self, lease: Lease<'_>) -> QueryResult<bool>;
+
+    /// The rows of the table, or the one named.
+    #[doc(hidden)]
+    fn list(&mut self, name: Option<&str>) -> QueryResult<Vec<LockInfo>>;
+
+    /// Releases the named lock whoever holds it.
+    #[doc(hidden)]
+    fn force_release(&mut self, name: &str) -> QueryResult<bool>;
+
+    /// Backend-specific messages that mark an error as transient.
+    #[doc(hidden)]
+    fn transient_message(message: &str) -> bool;
+
+    /// Backend-specific messages that mark a missing table.
+    #[doc(hidden)]
+    fn missing_table_message(message: &str) -> bool;
+}
+
+pub(crate) mod sealed {
+    pub trait Sealed {}
+}
+
+/// Sorts a statement error into transient, persistent or missing-table.
+pub(crate) fn classify<C: LockConnection>(error: &DieselError) -> Failure {
+    match error {
+        DieselError::DatabaseError(kind, info) => {
+            if C::missing_table_message(info.message()) {
+                return Failure::MissingTable;
+            }
+            match kind {
+                DatabaseErrorKind::SerializationFailure
+                | DatabaseErrorKind::ClosedConnection
+                | DatabaseErrorKind::UnableToSendCommand => Failure::Transient,
+                // Two acquirers inserting the same new name: the loser retries.
+                DatabaseErrorKind::UniqueViolation => Failure::Transient,
+                _ if C::transient_message(info.message()) => Failure::Transient,
+                _ => Failure::Persistent,
+            }
+        }
+        DieselError::BrokenTransactionManager => Failure::Transient,
+        _ => Failure::Persistent,
+    }
+}
+
+/// Whether the error means this connection should not be reused.
+pub(crate) fn breaks_connection(error: &DieselError) -> bool {
+    match error {
+        DieselError::DatabaseError(
+            DatabaseErrorKind::ClosedConnection | DatabaseErrorKind::UnableToSendCommand,
+            _,
+        ) => true,
+        DieselError::DatabaseError(_, info) => {
+            let m = info.message().to_ascii_lowercase();
+            [
+                "terminat",
+                "server closed",
+                "gone away",
+                "lost connection",
+                "connection was killed",
+                "no connection",
+            ]
+            .iter()
+            .any(|needle| m.contains(needle))
+        }
+        DieselError::BrokenTransactionManager => true,
+        _ => false,
+    }
+}
+
+/// `ttl` in seconds for SQL, `None` for no expiry.
+pub(crate) fn ttl_secs(ttl: Option<Duration>) -> Option<f64> {
+    ttl.map(|t| t.as_secs_f64())
+}
+
+/// A count of affected rows as "did it match".
+pub(crate) fn matched(rows: usize) -> bool {
+    rows > 0
+}
+
+#[derive(QueryableByName)]
+pub(crate) struct AttemptRow {
+    #[diesel(sql_type = Bool)]
+    pub(crate) acquired: bool,
+    #[diesel(sql_type = BigInt)]
+    pub(crate) token: i64,
+    #[diesel(sql_type = Nullable<Text>)]
+    pub(crate) holder: Option<String>,
+    #[diesel(sql_type = Nullable<Double>)]
+    pub(crate) expires_in: Option<f64>,
+}
+
+#[derive(QueryableByName)]
+pub(crate) struct InfoRow {
+    #[diesel(sql_type = Text)]
+    name: String,
+    #[diesel(sql_type = Nullable<Text>)]
+    locked_by: Option<String>,
+    #[diesel(sql_type = Nullable<Double>)]
+    expires_in: Option<f64>,
+    #[diesel(sql_type = BigInt)]
+    token: i64,
+}
+
+impl From<InfoRow> for LockInfo {
+    fn from(row: InfoRow) -> Self {
+        LockInfo {
+            name: row.name,
+            locked_by: row.locked_by,
+            expires_in: expires_in_from_secs(row.expires_in),
+            token: row.token,
+        }
+    }
+}
+
+#[derive(QueryableByName)]
+pub(crate) struct Count {
+    #[diesel(sql_type = BigInt)]
+    pub(crate) n: i64,
+}
+
+#[derive(QueryableByName)]
+pub(crate) struct Column {
+    #[diesel(sql_type = Text)]
+    pub(crate) name: String,
+}
+
+pub(crate) fn attempt_from(row: Option<AttemptRow>) -> Attempt {
+    match row {
+        Some(row) if row.acquired => Attempt::Acquired { token: row.token },
+        Some(row) => Attempt::Held {
+            holder: row.holder,
+            expires_in: row
+                .expires_in
+                .and_then(|s| Duration::try_from_secs_f64(s.max(0.0)).ok()),
+        },
+        None => Attempt::Held {
+            holder: None,
+            expires_in: None,
+        },
+    }
+}
+
+/// What a migration did, judged by the columns the table had before it.
+pub(crate) fn migration_outcome(before: &[String]) -> Migration {
+    if before.is_empty() {
+        Migration::Created
+    } else if before.iter().any(|c| c == "token") {
+        Migration::UpToDate
+    } else {
+        Migration::Upgraded
+    }
+}

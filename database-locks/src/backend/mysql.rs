@@ -1,0 +1,230 @@
+//! MySQL and MariaDB.
+//!
+//! Neither has `UPDATE ... RETURNING`, and diesel's MySQL connection sets
+//! `CLIENT_FOUND_ROWS`, so the affected-row count of an `UPDATE` is its matched-row
+//! count. Acquire is a conditional `UPDATE` whose `WHERE` decides (1 row: taken);
+//! `LAST_INSERT_ID(token + 1)` stores the new token in the session, read back by a
+//! second, non-writing statement. A refused attempt reads the holder; only a missing
+//! row is inserted, so attempts never burn `AUTO_INCREMENT` values. Owners compare as
+//! `BINARY`: Django's table may use a case-insensitive collation.
+
+use std::time::Duration;
+
+use diesel::mysql::MysqlConnection;
+use diesel::{QueryResult, RunQueryDsl};
+
+use super::{
+    matched, migration_outcome, Attempt, Column, Count, InfoRow, Lease, LockConnection, LockInfo,
+    Migration,
+};
+use crate::config::BackendKind;
+use crate::stmt::{Bind, Stmt};
+
+const ACQUIRE: &str = "\
+UPDATE database_locks_lock
+   SET token = LAST_INSERT_ID(token + 1), locked_by = ?,
+       expires_at = COALESCE(UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND, '9999-01-01 00:00:00')
+ WHERE name = ? AND (expires_at IS NULL OR expires_at < UTC_TIMESTAMP(6) OR BINARY locked_by = ?)";
+
+const ACQUIRED_TOKEN: &str = "SELECT CAST(LAST_INSERT_ID() AS SIGNED) AS n";
+
+const INSERT: &str = "\
+INSERT INTO database_locks_lock (name, locked_by, expires_at, token)
+SELECT ?, ?, COALESCE(UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND, '9999-01-01 00:00:00'), 1 FROM DUAL
+ WHERE NOT EXISTS (SELECT 1 FROM database_locks_lock WHERE name = ?)";
+
+const RENEW: &str = "\
+UPDATE database_locks_lock SET expires_at = UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND
+ WHERE name = ? AND BINARY locked_by = ? AND token = ? AND expires_at >= UTC_TIMESTAMP(6)";
+
+// `keep_for` NULL makes the new expiry NULL: released.
+const RELEASE: &str = "\
+UPDATE database_locks_lock SET expires_at = UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND
+ WHERE name = ? AND BINARY locked_by = ? AND token = ?";
+
+const VERIFY: &str = "\
+SELECT COUNT(*) AS n FROM database_locks_lock
+ WHERE name = ? AND BINARY locked_by = ? AND token = ? AND expires_at >= UTC_TIMESTAMP(6)";
+
+const LIST: &str = "\
+SELECT name, locked_by, TIMESTAMPDIFF(MICROSECOND, UTC_TIMESTAMP(6), expires_at) / 1e6 AS expires_in, token
+  FROM database_locks_lock ORDER BY name";
+
+const LIST_ONE: &str = "\
+SELECT name, locked_by, TIMESTAMPDIFF(MICROSECOND, UTC_TIMESTAMP(6), expires_at) / 1e6 AS expires_in, token
+  FROM database_locks_lock WHERE name = ?";
+
+const FORCE_RELEASE: &str = "\
+UPDATE database_locks_lock SET expires_at = NULL WHERE name = ? AND expires_at IS NOT NULL";
+
+const COLUMNS: &str = "\
+SELECT CAST(column_name AS CHAR) AS name FROM information_schema.columns
+ WHERE table_schema = DATABASE() AND table_name = 'database_locks_lock'";
+
+// Django's DDL plus our token column; names compare byte for byte.
+const CREATE: &str = "\
+CREATE TABLE IF NOT EXISTS database_locks_lock (
+  id integer AUTO_INCREMENT NOT NULL PRIMARY KEY,
+  name varchar(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL UNIQUE,
+  locked_by longtext CHARACTER SET utf8mb4 NULL,
+  expires_at datetime(6) NULL,
+  token bigint NOT NULL DEFAULT 0
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4";
+
+const ADD_TOKEN: &str =
+    "ALTER TABLE database_locks_lock ADD COLUMN token bigint NOT NULL DEFAULT 0";
+
+const MIGRATE_LOCK: &str = "SELECT CAST(GET_LOCK('database_locks_migrate', 60) AS SIGNED) AS n";
+const MIGRATE_UNLOCK: &str = "SELECT CAST(RELEASE_LOCK('database_locks_migrate') AS SIGNED) AS n";
+
+fn micros(ttl: Option<Duration>) -> Option<i64> {
+    ttl.map(|t| i64::try_from(t.as_micros()).unwrap_or(i64::MAX))
+}
+
+impl super::sealed::Sealed for MysqlConnection {}
+
+impl LockConnection for MysqlConnection {
+    const KIND: BackendKind = BackendKind::Mysql;
+
+    fn migrate(&mut self) -> QueryResult<Migration> {
+        // Checked first so that an up-to-date table takes no lock and runs no DDL.
+        if self.columns()?.iter().any(|c| c == "token") {
+            return Ok(Migration::UpToDate);
+        }
+        // DDL commits implicitly in MySQL, so a session lock serialises migrating processes.
+        let _: Vec<Count> = Stmt::new(MIGRATE_LOCK, &[]).load(self)?;
+        let result: QueryResult<Migration> = (|| {
+            let before = self.columns()?;
+            if before.is_empty() {
+                Stmt::new(CREATE, &[]).execute(self)?;
+            } else if !before.iter().any(|c| c == "token") {
+                Stmt::new(ADD_TOKEN, &[]).execute(self)?;
+            }
+            Ok(migration_outcome(&before))
+        })();
+        let unlocked: QueryResult<Vec<Count>> = Stmt::new(MIGRATE_UNLOCK, &[]).load(self);
+        let outcome = result?;
+        unlocked?;
+        Ok(outcome)
+    }
+
+    fn columns(&mut self) -> QueryResult<Vec<String>> {
+        let rows: Vec<Column> = Stmt::new(COLUMNS, &[]).load(self)?;
+        Ok(rows
+            .into_iter()
+            .map(|c| c.name.to_ascii_lowercase())
+            .collect())
+    }
+
+    fn try_acquire(
+        &mut self,
+        name: &str,
+        owner: &str,
+        ttl: Option<Duration>,
+    ) -> QueryResult<Attempt> {
+        let ttl = micros(ttl);
+        let binds = [
+            Bind::Text(owner),
+            Bind::OptBigInt(ttl),
+            Bind::Text(name),
+            Bind::Text(owner),
+        ];
+        if matched(Stmt::new(ACQUIRE, &binds).execute(self)?) {
+            let rows: Vec<Count> = Stmt::new(ACQUIRED_TOKEN, &[]).load(self)?;
+            let token = rows.first().map_or(0, |c| c.n);
+            return Ok(Attempt::Acquired { token });
+        }
+        if let Some(row) = self.list(Some(name))?.into_iter().next() {
+            return Ok(Attempt::Held {
+                holder: row.locked_by,
+                expires_in: row
+                    .expires_in
+                    .and_then(|s| Duration::try_from_secs_f64(s.max(0.0)).ok()),
+            });
+        }
+        let binds = [
+            Bind::Text(name),
+            Bind::Text(owner),
+            Bind::OptBigInt(ttl),
+            Bind::Text(name),
+        ];
+        if matched(Stmt::new(INSERT, &binds).execute(self)?) {
+            return Ok(Attempt::Acquired { token: 1 });
+        }
+        Ok(Attempt::Held {
+            holder: None,
+            expires_in: None,
+        })
+    }
+
+    fn renew(&mut self, leases: &[(Lease<'_>, Duration)]) -> QueryResult<Vec<bool>> {
+        leases
+            .iter()
+            .map(|(lease, ttl)| {
+                let binds = [
+                    Bind::OptBigInt(micros(Some(*ttl))),
+                    Bind::Text(lease.name),
+                    Bind::Text(lease.owner),
+                    Bind::BigInt(lease.token),
+                ];
+                Stmt::new(RENEW, &binds).execute(self).map(matched)
+            })
+            .collect()
+    }
+
+    fn release(&mut self, lease: Lease<'_>, keep_for: Option<Duration>) -> QueryResult<bool> {
+        let binds = [
+            Bind::OptBigInt(micros(keep_for)),
+            Bind::Text(lease.name),
+            Bind::Text(lease.owner),
+            Bind::BigInt(lease.token),
+        ];
+        Stmt::new(RELEASE, &binds).execute(self).map(matched)
+    }
+
+    fn verify(&mut self, lease: Lease<'_>) -> QueryResult<bool> {
+        let binds = [
+            Bind::Text(lease.name),
+            Bind::Text(lease.owner),
+            Bind::BigInt(lease.token),
+        ];
+        let rows: Vec<Count> = Stmt::new(VERIFY, &binds).load(self)?;
+        Ok(rows.first().is_some_and(|c| c.n > 0))
+    }
+
+    fn list(&mut self, name: Option<&str>) -> QueryResult<Vec<LockInfo>> {
+        let rows: Vec<InfoRow> = match name {
+            Some(name) => Stmt::new(LIST_ONE, &[Bind::Text(name)]).load(self)?,
+            None => Stmt::new(LIST, &[]).load(self)?,
+        };
+        Ok(rows.into_iter().map(LockInfo::from).collect())
+    }
+
+    fn force_release(&mut self, name: &str) -> QueryResult<bool> {
+        Stmt::new(FORCE_RELEASE, &[Bind::Text(name)])
+            .execute(self)
+            .map(matched)
+    }
+
+    fn transient_message(message: &str) -> bool {
+        let m = message.to_ascii_lowercase();
+        [
+            "deadlock",
+            "lock wait timeout",
+            "lost connection",
+            "gone away",
+            "can't connect",
+            "connection was killed",
+            "server shutdown",
+            "wsrep",
+            "try restarting transaction",
+            "query execution was interrupted",
+        ]
+        .iter()
+        .any(|needle| m.contains(needle))
+    }
+
+    fn missing_table_message(message: &str) -> bool {
+        message.contains("database_locks_lock") && message.contains("doesn't exist")
+    }
+}

@@ -1,0 +1,229 @@
+//! Connections: an r2d2 pool of the backend's diesel connection, and the error
+//! classification every operation goes through.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use diesel::r2d2::{ConnectionManager, ManageConnection, Pool, R2D2Connection};
+use diesel::QueryResult;
+
+use super::{
+    breaks_connection, classify, Attempt, Failure, Lease, LockConnection, LockInfo, Migration,
+};
+use crate::config::{mask_url, BackendKind};
+use crate::error::Error;
+
+/// An operation's error and whether waiting and trying again can help.
+#[derive(Debug)]
+pub(crate) struct OpError {
+    pub failure: Failure,
+    pub error: Error,
+}
+
+/// The operations of the protocol on one database, whatever its backend.
+pub(crate) trait Store: Send + Sync + 'static {
+    fn kind(&self) -> BackendKind;
+    fn migrate(&self) -> Result<Migration, OpError>;
+    fn columns(&self) -> Result<Vec<String>, OpError>;
+    fn try_acquire(
+        &self,
+        name: &str,
+        owner: &str,
+        ttl: Option<Duration>,
+    ) -> Result<Attempt, OpError>;
+    fn renew(&self, leases: &[(Lease<'_>, Duration)]) -> Result<Vec<bool>, OpError>;
+    fn release(&self, lease: Lease<'_>, keep_for: Option<Duration>) -> Result<bool, OpError>;
+    fn verify(&self, lease: Lease<'_>) -> Result<bool, OpError>;
+    fn list(&self, name: Option<&str>) -> Result<Vec<LockInfo>, OpError>;
+    fn force_release(&self, name: &str) -> Result<bool, OpError>;
+}
+
+/// A pooled connection the protocol can run on.
+pub(crate) trait PooledLockConnection: Send + 'static {
+    type Conn: LockConnection;
+    fn conn(&mut self) -> &mut Self::Conn;
+    /// Keeps a connection that failed at the transport level out of the pool.
+    fn mark_broken(&mut self);
+}
+
+/// A connection of a pool this crate built: it can be marked broken.
+pub(crate) struct Tracked<C> {
+    conn: C,
+    broken: bool,
+}
+
+impl<C: LockConnection> PooledLockConnection for Tracked<C> {
+    type Conn = C;
+    fn conn(&mut self) -> &mut C {
+        &mut self.conn
+    }
+    fn mark_broken(&mut self) {
+        self.broken = true;
+    }
+}
+
+/// A connection of the application's own pool: its `test_on_check_out` finds dead ones.
+impl<C: LockConnection> PooledLockConnection for C {
+    type Conn = C;
+    fn conn(&mut self) -> &mut C {
+        self
+    }
+    fn mark_broken(&mut self) {}
+}
+
+/// The manager of pools this crate builds: runs the backend's per-connection setup and
+/// drops connections that failed, without a ping on every checkout.
+pub(crate) struct Manager<C: R2D2Connection + 'static> {
+    inner: ConnectionManager<C>,
+}
+
+impl<C: LockConnection> Manager<C> {
+    pub(crate) fn new(url: &str) -> Self {
+        Manager {
+            inner: ConnectionManager::new(url),
+        }
+    }
+}
+
+impl<C: LockConnection> ManageConnection for Manager<C> {
+    type Connection = Tracked<C>;
+    type Error = diesel::r2d2::Error;
+
+    fn connect(&self) -> Result<Tracked<C>, Self::Error> {
+        let mut conn = self.inner.connect()?;
+        conn.setup().map_err(diesel::r2d2::Error::QueryError)?;
+        Ok(Tracked {
+            conn,
+            broken: false,
+        })
+    }
+
+    fn is_valid(&self, conn: &mut Tracked<C>) -> Result<(), Self::Error> {
+        conn.conn.ping().map_err(diesel::r2d2::Error::QueryError)
+    }
+
+    fn has_broken(&self, conn: &mut Tracked<C>) -> bool {
+        conn.broken || self.inner.has_broken(&mut conn.conn)
+    }
+}
+
+/// The protocol on an r2d2 pool.
+pub(crate) struct PoolStore<M: ManageConnection> {
+    pool: Pool<M>,
+    url: String,
+    /// Until the first connection succeeds, a connect error is a configuration problem
+    /// (wrong host, credentials, database) and is reported at once; after that it is an
+    /// outage, waited out like any transient failure.
+    connected: AtomicBool,
+}
+
+impl<M> PoolStore<M>
+where
+    M: ManageConnection,
+    M::Connection: PooledLockConnection,
+{
+    pub(crate) fn new(pool: Pool<M>, url: &str) -> Self {
+        PoolStore {
+            pool,
+            url: mask_url(url),
+            connected: AtomicBool::new(false),
+        }
+    }
+
+    fn run<R>(
+        &self,
+        operation: &'static str,
+        f: impl FnOnce(&mut <M::Connection as PooledLockConnection>::Conn) -> QueryResult<R>,
+    ) -> Result<R, OpError> {
+        let mut pooled = self.pool.get().map_err(|e| {
+            let message = e.to_string();
+            let failure = if self.connected.load(Ordering::Relaxed) && !rejected(&message) {
+                Failure::Transient
+            } else {
+                Failure::Persistent
+            };
+            OpError {
+                failure,
+                error: Error::Connect {
+                    url: self.url.clone(),
+                    message,
+                },
+            }
+        })?;
+        self.connected.store(true, Ordering::Relaxed);
+        f(pooled.conn()).map_err(|source| {
+            if breaks_connection(&source) {
+                pooled.mark_broken();
+            }
+            let failure = classify::<<M::Connection as PooledLockConnection>::Conn>(&source);
+            let error = match failure {
+                Failure::MissingTable => Error::MissingTable,
+                _ => Error::Database { operation, source },
+            };
+            OpError { failure, error }
+        })
+    }
+}
+
+/// Connect errors that no amount of waiting fixes.
+fn rejected(message: &str) -> bool {
+    let m = message.to_ascii_lowercase();
+    [
+        "password authentication failed",
+        "access denied",
+        "does not exist",
+        "unknown database",
+        "no pg_hba.conf entry",
+        "invalid",
+        "unable to open database file",
+    ]
+    .iter()
+    .any(|needle| m.contains(needle))
+}
+
+impl<M> Store for PoolStore<M>
+where
+    M: ManageConnection,
+    M::Connection: PooledLockConnection,
+{
+    fn kind(&self) -> BackendKind {
+        <<M::Connection as PooledLockConnection>::Conn as LockConnection>::KIND
+    }
+
+    fn migrate(&self) -> Result<Migration, OpError> {
+        self.run("migrate", |c| c.migrate())
+    }
+
+    fn columns(&self) -> Result<Vec<String>, OpError> {
+        self.run("schema check", |c| c.columns())
+    }
+
+    fn try_acquire(
+        &self,
+        name: &str,
+        owner: &str,
+        ttl: Option<Duration>,
+    ) -> Result<Attempt, OpError> {
+        self.run("acquire", |c| c.try_acquire(name, owner, ttl))
+    }
+
+    fn renew(&self, leases: &[(Lease<'_>, Duration)]) -> Result<Vec<bool>, OpError> {
+        self.run("renew", |c| c.renew(leases))
+    }
+
+    fn release(&self, lease: Lease<'_>, keep_for: Option<Duration>) -> Result<bool, OpError> {
+        self.run("release", |c| c.release(lease, keep_for))
+    }
+
+    fn verify(&self, lease: Lease<'_>) -> Result<bool, OpError> {
+        self.run("verify", |c| c.verify(lease))
+    }
+
+    fn list(&self, name: Option<&str>) -> Result<Vec<LockInfo>, OpError> {
+        self.run("list", |c| c.list(name))
+    }
+
+    fn force_release(&self, name: &str) -> Result<bool, OpError> {
+        self.run("force release", |c| c.force_release(name))
+    }
+}

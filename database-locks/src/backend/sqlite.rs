@@ -1,0 +1,207 @@
+//! SQLite: one upsert statement per acquire, with the database file shared by every
+//! process in WAL mode.
+//!
+//! Times are UTC text in Django's layout (`2026-11-26 10:59:52.711000`): SQLite's clock
+//! has millisecond resolution, padded to Django's six digits so that text comparison
+//! orders both writers' values.
+
+use std::time::Duration;
+
+use diesel::connection::SimpleConnection;
+use diesel::sql_types::BigInt;
+use diesel::sqlite::SqliteConnection;
+use diesel::{QueryResult, QueryableByName, RunQueryDsl};
+
+use super::{
+    matched, migration_outcome, Attempt, Column, Count, InfoRow, Lease, LockConnection, LockInfo,
+    Migration,
+};
+use crate::config::BackendKind;
+use crate::stmt::{Bind, Stmt};
+
+const ACQUIRE: &str = "\
+INSERT INTO database_locks_lock (name, locked_by, expires_at, token)
+VALUES (?, ?, COALESCE(strftime('%Y-%m-%d %H:%M:%f', 'now', ?) || '000', '9999-01-01 00:00:00.000000'), 1)
+ON CONFLICT (name) DO UPDATE
+   SET locked_by = excluded.locked_by, expires_at = excluded.expires_at,
+       token = database_locks_lock.token + 1
+ WHERE database_locks_lock.expires_at IS NULL
+    OR database_locks_lock.expires_at < strftime('%Y-%m-%d %H:%M:%f', 'now') || '000'
+    OR database_locks_lock.locked_by = excluded.locked_by
+RETURNING token";
+
+const RENEW: &str = "\
+UPDATE database_locks_lock SET expires_at = strftime('%Y-%m-%d %H:%M:%f', 'now', ?) || '000'
+ WHERE name = ? AND locked_by = ? AND token = ?
+   AND expires_at >= strftime('%Y-%m-%d %H:%M:%f', 'now') || '000'";
+
+// A NULL modifier makes the new expiry NULL: released.
+const RELEASE: &str = "\
+UPDATE database_locks_lock SET expires_at = strftime('%Y-%m-%d %H:%M:%f', 'now', ?) || '000'
+ WHERE name = ? AND locked_by = ? AND token = ?";
+
+const VERIFY: &str = "\
+SELECT COUNT(*) AS n FROM database_locks_lock
+ WHERE name = ? AND locked_by = ? AND token = ?
+   AND expires_at >= strftime('%Y-%m-%d %H:%M:%f', 'now') || '000'";
+
+const LIST: &str = "\
+SELECT name, locked_by, (julianday(expires_at) - julianday('now')) * 86400.0 AS expires_in, token
+  FROM database_locks_lock ORDER BY name";
+
+const LIST_ONE: &str = "\
+SELECT name, locked_by, (julianday(expires_at) - julianday('now')) * 86400.0 AS expires_in, token
+  FROM database_locks_lock WHERE name = ?";
+
+const FORCE_RELEASE: &str = "\
+UPDATE database_locks_lock SET expires_at = NULL WHERE name = ? AND expires_at IS NOT NULL";
+
+const COLUMNS: &str = "SELECT name FROM pragma_table_info('database_locks_lock')";
+
+// Django's DDL plus our token column.
+const CREATE: &str = "\
+CREATE TABLE IF NOT EXISTS database_locks_lock (
+  id integer NOT NULL PRIMARY KEY AUTOINCREMENT,
+  name varchar(255) NOT NULL UNIQUE,
+  locked_by text NULL,
+  expires_at datetime NULL,
+  token bigint NOT NULL DEFAULT 0)";
+
+const ADD_TOKEN: &str =
+    "ALTER TABLE database_locks_lock ADD COLUMN token bigint NOT NULL DEFAULT 0";
+
+// WAL lets readers and one writer share the file across processes; NORMAL is durable
+// across process crashes (an OS crash may lose the last commits, never corrupt).
+const SETUP: &str = "\
+PRAGMA busy_timeout = 5000;
+PRAGMA journal_mode = WAL;
+PRAGMA synchronous = NORMAL;";
+
+#[derive(QueryableByName)]
+struct Token {
+    #[diesel(sql_type = BigInt)]
+    token: i64,
+}
+
+/// An SQLite date modifier adding `ttl`, or NULL for none.
+fn modifier(ttl: Option<Duration>) -> Option<String> {
+    ttl.map(|t| format!("+{:.6} seconds", t.as_secs_f64()))
+}
+
+impl super::sealed::Sealed for SqliteConnection {}
+
+impl LockConnection for SqliteConnection {
+    const KIND: BackendKind = BackendKind::Sqlite;
+
+    fn setup(&mut self) -> QueryResult<()> {
+        self.batch_execute(SETUP)
+    }
+
+    fn migrate(&mut self) -> QueryResult<Migration> {
+        // Checked first so that an up-to-date table takes no write lock.
+        if self.columns()?.iter().any(|c| c == "token") {
+            return Ok(Migration::UpToDate);
+        }
+        self.immediate_transaction(|conn| {
+            let before = conn.columns()?;
+            if before.is_empty() {
+                conn.batch_execute(CREATE)?;
+            } else if !before.iter().any(|c| c == "token") {
+                conn.batch_execute(ADD_TOKEN)?;
+            }
+            Ok(migration_outcome(&before))
+        })
+    }
+
+    fn columns(&mut self) -> QueryResult<Vec<String>> {
+        let rows: Vec<Column> = Stmt::new(COLUMNS, &[]).load(self)?;
+        Ok(rows.into_iter().map(|c| c.name).collect())
+    }
+
+    fn try_acquire(
+        &mut self,
+        name: &str,
+        owner: &str,
+        ttl: Option<Duration>,
+    ) -> QueryResult<Attempt> {
+        let modifier = modifier(ttl);
+        let binds = [
+            Bind::Text(name),
+            Bind::Text(owner),
+            Bind::OptText(modifier.as_deref()),
+        ];
+        let rows: Vec<Token> = Stmt::new(ACQUIRE, &binds).load(self)?;
+        if let Some(row) = rows.first() {
+            return Ok(Attempt::Acquired { token: row.token });
+        }
+        let row = self.list(Some(name))?.into_iter().next();
+        Ok(Attempt::Held {
+            holder: row.as_ref().and_then(|r| r.locked_by.clone()),
+            expires_in: row
+                .and_then(|r| r.expires_in)
+                .and_then(|s| Duration::try_from_secs_f64(s.max(0.0)).ok()),
+        })
+    }
+
+    fn renew(&mut self, leases: &[(Lease<'_>, Duration)]) -> QueryResult<Vec<bool>> {
+        leases
+            .iter()
+            .map(|(lease, ttl)| {
+                let modifier = modifier(Some(*ttl));
+                let binds = [
+                    Bind::OptText(modifier.as_deref()),
+                    Bind::Text(lease.name),
+                    Bind::Text(lease.owner),
+                    Bind::BigInt(lease.token),
+                ];
+                Stmt::new(RENEW, &binds).execute(self).map(matched)
+            })
+            .collect()
+    }
+
+    fn release(&mut self, lease: Lease<'_>, keep_for: Option<Duration>) -> QueryResult<bool> {
+        let modifier = modifier(keep_for);
+        let binds = [
+            Bind::OptText(modifier.as_deref()),
+            Bind::Text(lease.name),
+            Bind::Text(lease.owner),
+            Bind::BigInt(lease.token),
+        ];
+        Stmt::new(RELEASE, &binds).execute(self).map(matched)
+    }
+
+    fn verify(&mut self, lease: Lease<'_>) -> QueryResult<bool> {
+        let binds = [
+            Bind::Text(lease.name),
+            Bind::Text(lease.owner),
+            Bind::BigInt(lease.token),
+        ];
+        let rows: Vec<Count> = Stmt::new(VERIFY, &binds).load(self)?;
+        Ok(rows.first().is_some_and(|c| c.n > 0))
+    }
+
+    fn list(&mut self, name: Option<&str>) -> QueryResult<Vec<LockInfo>> {
+        let rows: Vec<InfoRow> = match name {
+            Some(name) => Stmt::new(LIST_ONE, &[Bind::Text(name)]).load(self)?,
+            None => Stmt::new(LIST, &[]).load(self)?,
+        };
+        Ok(rows.into_iter().map(LockInfo::from).collect())
+    }
+
+    fn force_release(&mut self, name: &str) -> QueryResult<bool> {
+        Stmt::new(FORCE_RELEASE, &[Bind::Text(name)])
+            .execute(self)
+            .map(matched)
+    }
+
+    fn transient_message(message: &str) -> bool {
+        let m = message.to_ascii_lowercase();
+        m.contains("database is locked")
+            || m.contains("database table is locked")
+            || m.contains("busy")
+    }
+
+    fn missing_table_message(message: &str) -> bool {
+        message.contains("no such table") && message.contains("database_locks_lock")
+    }
+}

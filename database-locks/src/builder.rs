@@ -1,0 +1,379 @@
+//! The lock builder: the seed's keyword arguments as methods, and the acquisition loop.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::backend::Attempt;
+use crate::backend::Failure;
+use crate::error::{Error, Result};
+use crate::guard::LockGuard;
+use crate::locks::{default_owner, transient, Locks};
+use crate::renewer::{LeaseState, LostCallback, LostLock};
+
+/// The longest lease accepted; use `lock_ttl(None)` for a lock that never expires.
+pub const MAX_TTL: Duration = Duration::from_secs(366 * 86_400);
+
+/// The longest name the table's `varchar(255)` holds, in characters.
+pub const MAX_NAME_CHARS: usize = 255;
+
+/// The default polling period, as in the seed.
+pub const DEFAULT_RETRY: Duration = Duration::from_millis(500);
+
+/// Options for one acquisition of one lock. Made by [`lock`](crate::lock) or
+/// [`Locks::lock`]; unset options take the handle's settings at acquisition time.
+///
+/// | method | seed argument | default |
+/// |---|---|---|
+/// | [`timeout`](Self::timeout) | `timeout` | wait for ever (`Duration::ZERO` too, as the seed's `0`) |
+/// | [`lock_ttl`](Self::lock_ttl) | `lock_ttl` | `DATABASE_LOCKS_DEFAULT_TTL`, 10 s |
+/// | [`locked_by`](Self::locked_by) | `locked_by` | unique per acquisition |
+/// | [`auto_renew`](Self::auto_renew) | `auto_renew` | `true` |
+/// | [`retry`](Self::retry) | `retry` | 500 ms; `None` or zero: one attempt |
+/// | [`lock_ttl_renew`](Self::lock_ttl_renew) | `lock_ttl_renew` | `DATABASE_LOCKS_DEFAULT_TTL_RENEW`, 2 s |
+/// | [`lost_lock_cb`](Self::lost_lock_cb) | `lost_lock_cb` | log and exit the process |
+/// | [`lock_at_least_for`](Self::lock_at_least_for) | (ShedLock's `lockAtLeastFor`) | none |
+#[must_use = "a lock builder does nothing until `acquire`, `try_acquire` or `run`"]
+pub struct LockBuilder {
+    handle: Result<Locks>,
+    name: String,
+    timeout: Option<Duration>,
+    lock_ttl: Option<Option<Duration>>,
+    locked_by: Option<String>,
+    auto_renew: bool,
+    retry: Option<Duration>,
+    lock_ttl_renew: Option<Duration>,
+    lost_lock_cb: Option<LostCallback>,
+    lock_at_least_for: Option<Duration>,
+}
+
+impl fmt::Debug for LockBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LockBuilder")
+            .field("name", &self.name)
+            .field("timeout", &self.timeout)
+            .field("lock_ttl", &self.lock_ttl)
+            .field("locked_by", &self.locked_by)
+            .field("auto_renew", &self.auto_renew)
+            .field("retry", &self.retry)
+            .field("lock_ttl_renew", &self.lock_ttl_renew)
+            .field("lost_lock_cb", &self.lost_lock_cb.as_ref().map(|_| ".."))
+            .field("lock_at_least_for", &self.lock_at_least_for)
+            .finish()
+    }
+}
+
+impl LockBuilder {
+    pub(crate) fn new(handle: Result<Locks>, name: String) -> Self {
+        LockBuilder {
+            handle,
+            name,
+            timeout: None,
+            lock_ttl: None,
+            locked_by: None,
+            auto_renew: true,
+            retry: Some(DEFAULT_RETRY),
+            lock_ttl_renew: None,
+            lost_lock_cb: None,
+            lock_at_least_for: None,
+        }
+    }
+
+    /// Gives up with [`Error::Timeout`] after waiting this long. `Duration::ZERO` waits for
+    /// ever, like the seed's `timeout=0` (use [`try_acquire`](Self::try_acquire) for a
+    /// single attempt).
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = (!timeout.is_zero()).then_some(timeout);
+        self
+    }
+
+    /// The lease length: a holder that stops renewing loses the lock after this long.
+    /// `None`: the lock never expires (released only by its holder or by force).
+    pub fn lock_ttl(mut self, ttl: Option<Duration>) -> Self {
+        self.lock_ttl = Some(ttl);
+        self
+    }
+
+    /// The owner id written into the row. A holder whose owner id equals the row's takes
+    /// the lock again even while the lease runs (a restarted worker reclaiming its lock);
+    /// each such acquisition gets a new token, and older guards of that owner stop
+    /// validating. By default every acquisition has an owner id of its own, so two
+    /// acquisitions in one process exclude each other.
+    pub fn locked_by(mut self, owner: impl Into<String>) -> Self {
+        self.locked_by = Some(owner.into());
+        self
+    }
+
+    /// Renew the lease in the background while the guard lives (default `true`).
+    pub fn auto_renew(mut self, auto_renew: bool) -> Self {
+        self.auto_renew = auto_renew;
+        self
+    }
+
+    /// The polling period while the lock is held elsewhere. `None` or zero: a single
+    /// attempt, failing with [`Error::NotAcquired`]. A release in this process, or the
+    /// holder's lease running out first, wakes the waiter before the period ends.
+    pub fn retry(mut self, retry: Option<Duration>) -> Self {
+        self.retry = retry.filter(|r| !r.is_zero());
+        self
+    }
+
+    /// How long before the lease ends it is renewed: renewal runs every
+    /// `lock_ttl - lock_ttl_renew`.
+    pub fn lock_ttl_renew(mut self, margin: Duration) -> Self {
+        self.lock_ttl_renew = Some(margin);
+        self
+    }
+
+    /// Called once, on a thread of its own, when the lease is lost: a renewal found another
+    /// owner, or could not reach the database before the lease ran out. It runs before the
+    /// lease ends, so the holder can stop before anybody else can take the lock.
+    ///
+    /// **The default logs an error and ends the process** with status
+    /// [`LOST_LOCK_EXIT_CODE`](crate::LOST_LOCK_EXIT_CODE), the Rust counterpart of the
+    /// seed raising in the main thread: work that is no longer protected must not go on.
+    pub fn lost_lock_cb(mut self, callback: impl Fn(&LostLock) + Send + Sync + 'static) -> Self {
+        self.lost_lock_cb = Some(Arc::new(callback));
+        self
+    }
+
+    /// Keeps the lock at least this long after acquiring it, even when released earlier,
+    /// so that a quick job scheduled on many hosts runs once per schedule (ShedLock's
+    /// `lockAtLeastFor`).
+    pub fn lock_at_least_for(mut self, duration: Duration) -> Self {
+        self.lock_at_least_for = Some(duration);
+        self
+    }
+
+    /// Takes the lock, waiting as configured. The guard releases it when dropped.
+    pub fn acquire(self) -> Result<LockGuard> {
+        let name = self.name.clone();
+        self.acquire_inner(false)?
+            .ok_or(Error::NotAcquired { name, holder: None })
+    }
+
+    /// One attempt: `Ok(None)` when another owner holds the lock.
+    pub fn try_acquire(self) -> Result<Option<LockGuard>> {
+        self.acquire_inner(true)
+    }
+
+    /// Runs `f` while holding the lock, like the seed's `with lock(...)`. The lock is
+    /// released when `f` returns or panics; a failed release is logged.
+    pub fn run<T>(self, f: impl FnOnce() -> T) -> Result<T> {
+        let guard = self.acquire()?;
+        let value = f();
+        if let Err(err) = guard.release() {
+            tracing::error!("releasing the lock after the closure ran failed: {err}");
+        }
+        Ok(value)
+    }
+
+    fn acquire_inner(self, once: bool) -> Result<Option<LockGuard>> {
+        let locks = self.handle?;
+        let settings = locks.settings();
+        let ttl = self.lock_ttl.unwrap_or(settings.default_ttl);
+        let ttl_renew = self.lock_ttl_renew.unwrap_or(settings.default_ttl_renew);
+        validate_name(&self.name)?;
+        if let Some(owner) = &self.locked_by {
+            validate_owner(owner)?;
+        }
+        validate_ttl(ttl, self.auto_renew, ttl_renew)?;
+        if let Some(at_least) = self.lock_at_least_for {
+            if at_least > MAX_TTL {
+                return Err(Error::invalid(
+                    "lock_at_least_for",
+                    format!("{at_least:?} is longer than the maximum {MAX_TTL:?}"),
+                ));
+            }
+        }
+
+        if !settings.enabled {
+            tracing::warn!(lock = %self.name, "database locks are disabled; running without the lock");
+            return Ok(Some(LockGuard::disabled(self.name)));
+        }
+        // Only an acquisition that waits can wait for ever on its own thread's guard.
+        let waits = !once && self.retry.is_some();
+        if waits
+            && locks
+                .inner
+                .local
+                .would_deadlock(&self.name, self.locked_by.as_deref())
+        {
+            return Err(Error::WouldDeadlock { name: self.name });
+        }
+        locks.ensure_ready()?;
+
+        let owner = self.locked_by.unwrap_or_else(default_owner);
+        let retry = if once { None } else { self.retry };
+        let started = Instant::now();
+        let deadline = self.timeout.map(|t| started + t);
+        let local = &locks.inner.local;
+        local.start_waiting();
+        let _waiting = scopeguard(|| local.stop_waiting());
+        let mut holder = None;
+        let mut repaired = false;
+        loop {
+            let seen = local.release_count(&self.name);
+            let sent = Instant::now();
+            let mut wake_at = None;
+            match locks.store().try_acquire(&self.name, &owner, ttl) {
+                Ok(Attempt::Acquired { token }) => {
+                    let lease = Arc::new(LeaseState::new(
+                        self.name,
+                        owner,
+                        token,
+                        ttl,
+                        ttl_renew,
+                        sent,
+                        self.lost_lock_cb,
+                    ));
+                    if self.auto_renew && ttl.is_some() {
+                        locks.renewer()?.add(Arc::clone(&lease), sent);
+                    }
+                    tracing::debug!(lock = %lease.name, owner = %lease.owner, token, "lock acquired");
+                    return Ok(Some(LockGuard::held(
+                        locks.clone(),
+                        lease,
+                        self.lock_at_least_for,
+                    )));
+                }
+                Ok(Attempt::Held {
+                    holder: seen_holder,
+                    expires_in,
+                }) => {
+                    holder = seen_holder.or(holder);
+                    // The holder's lease ends before the next poll: try right after it.
+                    wake_at =
+                        expires_in.map(|left| Instant::now() + left + Duration::from_millis(1));
+                }
+                Err(err)
+                    if err.failure == Failure::MissingTable
+                        && !repaired
+                        && settings.auto_migrate =>
+                {
+                    repaired = true;
+                    locks.table_missing();
+                    locks.ensure_ready()?;
+                    continue;
+                }
+                Err(err) if transient(&err) && !once => {
+                    tracing::debug!(lock = %self.name, "acquire attempt failed, will retry: {}", err.error);
+                }
+                Err(err) => return Err(err.error),
+            }
+            let Some(retry) = retry else {
+                if once {
+                    return Ok(None);
+                }
+                return Err(Error::NotAcquired {
+                    name: self.name,
+                    holder,
+                });
+            };
+            let now = Instant::now();
+            if deadline.is_some_and(|d| now >= d) {
+                return Err(Error::Timeout {
+                    name: self.name,
+                    waited: now - started,
+                    holder,
+                });
+            }
+            let mut next = now + retry;
+            if let Some(at) = wake_at {
+                next = next.min(at);
+            }
+            if let Some(d) = deadline {
+                next = next.min(d);
+            }
+            local.wait_for_release(&self.name, seen, next);
+        }
+    }
+}
+
+/// Runs `f` when dropped.
+fn scopeguard(f: impl FnOnce()) -> impl Drop {
+    struct Guard<F: FnOnce()>(Option<F>);
+    impl<F: FnOnce()> Drop for Guard<F> {
+        fn drop(&mut self) {
+            if let Some(f) = self.0.take() {
+                f();
+            }
+        }
+    }
+    Guard(Some(f))
+}
+
+pub(crate) fn validate_name(name: &str) -> Result<()> {
+    let chars = name.chars().count();
+    if chars == 0 {
+        return Err(Error::invalid("lock name", "the name is empty"));
+    }
+    if chars > MAX_NAME_CHARS {
+        return Err(Error::invalid(
+            "lock name",
+            format!("the name has {chars} characters; at most {MAX_NAME_CHARS} fit the table"),
+        ));
+    }
+    if name.contains('\0') {
+        return Err(Error::invalid(
+            "lock name",
+            "the name contains a NUL character",
+        ));
+    }
+    Ok(())
+}
+
+fn validate_owner(owner: &str) -> Result<()> {
+    if owner.is_empty() {
+        return Err(Error::invalid("locked_by", "the owner id is empty"));
+    }
+    if owner.contains('\0') {
+        return Err(Error::invalid(
+            "locked_by",
+            "the owner id contains a NUL character",
+        ));
+    }
+    if owner.chars().count() > 1024 {
+        return Err(Error::invalid(
+            "locked_by",
+            "the owner id is longer than 1024 characters",
+        ));
+    }
+    Ok(())
+}
+
+fn validate_ttl(ttl: Option<Duration>, auto_renew: bool, ttl_renew: Duration) -> Result<()> {
+    let Some(ttl) = ttl else { return Ok(()) };
+    if ttl.is_zero() {
+        return Err(Error::invalid(
+            "lock_ttl",
+            "the lease length must be positive; use lock_ttl(None) for no expiry",
+        ));
+    }
+    if ttl > MAX_TTL {
+        return Err(Error::invalid(
+            "lock_ttl",
+            format!(
+                "{ttl:?} is longer than the maximum {MAX_TTL:?}; use lock_ttl(None) for no expiry"
+            ),
+        ));
+    }
+    if auto_renew {
+        if ttl_renew.is_zero() {
+            return Err(Error::invalid(
+                "lock_ttl_renew",
+                "the renewal margin must be positive",
+            ));
+        }
+        if ttl_renew >= ttl {
+            return Err(Error::invalid(
+                "lock_ttl_renew",
+                format!(
+                    "the renewal margin {ttl_renew:?} must be shorter than lock_ttl {ttl:?}, \
+                     or the lease would run out before its renewal"
+                ),
+            ));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,416 @@
+//! Configuration: the database URL and the settings the seed reads from Django's settings.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+
+/// The lock file used when neither `DATABASE_LOCKS_URL` nor `DATABASE_URL` is set.
+pub const DEFAULT_SQLITE_FILE: &str = "database_locks.sqlite3";
+
+/// Which database a URL points at.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum BackendKind {
+    /// PostgreSQL (`postgres://` or `postgresql://`).
+    Postgres,
+    /// MySQL or MariaDB (`mysql://`).
+    Mysql,
+    /// SQLite (`sqlite://relative.db`, `sqlite:///absolute.db` or a bare file path).
+    Sqlite,
+}
+
+impl BackendKind {
+    /// The crate feature that compiles this backend in.
+    pub fn feature(self) -> &'static str {
+        match self {
+            BackendKind::Postgres => "postgres",
+            BackendKind::Mysql => "mysql",
+            BackendKind::Sqlite => "sqlite",
+        }
+    }
+}
+
+/// How a [`Locks`](crate::Locks) handle connects and what its locks default to.
+///
+/// Build one with [`Config::new`] or read it from the environment with [`Config::from_env`],
+/// then adjust it with the setters:
+///
+/// ```
+/// use std::time::Duration;
+/// use database_locks::Config;
+///
+/// let config = Config::new("postgres://app@db/app")
+///     .default_ttl(Some(Duration::from_secs(30)))
+///     .status_file("/run/app/lock-status");
+/// assert_eq!(config.get_default_ttl(), Some(Duration::from_secs(30)));
+/// ```
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub(crate) url: String,
+    pub(crate) enabled: bool,
+    pub(crate) status_file: Option<PathBuf>,
+    pub(crate) default_ttl: Option<Duration>,
+    pub(crate) default_ttl_renew: Duration,
+    pub(crate) auto_migrate: bool,
+    pub(crate) pool_max_size: u32,
+    pub(crate) connect_timeout: Duration,
+}
+
+impl Config {
+    /// A configuration for the database at `url`, with every setting at its default:
+    /// enabled, no status file, ttl 10 s, renew 2 s before expiry, tables created on first use.
+    pub fn new(url: impl Into<String>) -> Self {
+        Config {
+            url: url.into(),
+            enabled: true,
+            status_file: None,
+            default_ttl: Some(Duration::from_secs(10)),
+            default_ttl_renew: Duration::from_secs(2),
+            auto_migrate: true,
+            pool_max_size: 10,
+            connect_timeout: Duration::from_secs(10),
+        }
+    }
+
+    /// Reads the configuration from the environment, as the seed reads Django's settings.
+    ///
+    /// | variable | meaning | default |
+    /// |---|---|---|
+    /// | `DATABASE_LOCKS_URL` | the database | `DATABASE_URL`, else the SQLite file `database_locks.sqlite3` |
+    /// | `DATABASE_LOCKS_ENABLED` | `false` runs bodies without locking, with a warning | `true` |
+    /// | `DATABASE_LOCKS_STATUS_FILE` | a file showing `0` idle, `1` acquiring, `2` held | none |
+    /// | `DATABASE_LOCKS_DEFAULT_TTL` | lease length in seconds, or `none` for no expiry | `10` |
+    /// | `DATABASE_LOCKS_DEFAULT_TTL_RENEW` | renew this many seconds before expiry | `2` |
+    ///
+    /// A malformed value is an [`Error::Config`] that names the variable.
+    pub fn from_env() -> Result<Self> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    pub(crate) fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self> {
+        let url = get("DATABASE_LOCKS_URL")
+            .filter(|v| !v.is_empty())
+            .or_else(|| get("DATABASE_URL").filter(|v| !v.is_empty()))
+            .unwrap_or_else(|| DEFAULT_SQLITE_FILE.to_owned());
+        let mut config = Config::new(url);
+        if let Some(value) = get("DATABASE_LOCKS_ENABLED") {
+            config.enabled = parse_bool("DATABASE_LOCKS_ENABLED", &value)?;
+        }
+        if let Some(value) = get("DATABASE_LOCKS_STATUS_FILE") {
+            config.status_file = (!value.is_empty()).then(|| PathBuf::from(value));
+        }
+        if let Some(value) = get("DATABASE_LOCKS_DEFAULT_TTL") {
+            config.default_ttl = match value.trim().to_ascii_lowercase().as_str() {
+                "none" | "" => None,
+                _ => Some(parse_seconds("DATABASE_LOCKS_DEFAULT_TTL", &value)?),
+            };
+        }
+        if let Some(value) = get("DATABASE_LOCKS_DEFAULT_TTL_RENEW") {
+            config.default_ttl_renew = parse_seconds("DATABASE_LOCKS_DEFAULT_TTL_RENEW", &value)?;
+        }
+        Ok(config)
+    }
+
+    /// Turns locking on or off. Off, every lock "succeeds" at once without touching the
+    /// database and a warning is logged (the seed's `DATABASE_LOCKS_ENABLED = False`).
+    pub fn enabled(mut self, enabled: bool) -> Self {
+        self.enabled = enabled;
+        self
+    }
+
+    /// A file that shows `0` when idle, `1` while acquiring and `2` while a lock is held.
+    pub fn status_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.status_file = Some(path.into());
+        self
+    }
+
+    /// The lease length for locks that do not set `lock_ttl`; `None` means no expiry.
+    pub fn default_ttl(mut self, ttl: Option<Duration>) -> Self {
+        self.default_ttl = ttl;
+        self
+    }
+
+    /// How long before expiry auto-renewal extends a lease, for locks that do not set
+    /// `lock_ttl_renew`.
+    pub fn default_ttl_renew(mut self, margin: Duration) -> Self {
+        self.default_ttl_renew = margin;
+        self
+    }
+
+    /// Whether the first acquisition creates or upgrades the table (default `true`).
+    pub fn auto_migrate(mut self, auto_migrate: bool) -> Self {
+        self.auto_migrate = auto_migrate;
+        self
+    }
+
+    /// The most connections the handle's pool opens (default 10).
+    pub fn pool_max_size(mut self, size: u32) -> Self {
+        self.pool_max_size = size;
+        self
+    }
+
+    /// How long to wait for a connection before giving up (default 10 s).
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// The database URL.
+    pub fn get_url(&self) -> &str {
+        &self.url
+    }
+
+    /// Whether locking is on.
+    pub fn get_enabled(&self) -> bool {
+        self.enabled
+    }
+
+    /// The status file, if any.
+    pub fn get_status_file(&self) -> Option<&std::path::Path> {
+        self.status_file.as_deref()
+    }
+
+    /// The default lease length.
+    pub fn get_default_ttl(&self) -> Option<Duration> {
+        self.default_ttl
+    }
+
+    /// The default renewal margin.
+    pub fn get_default_ttl_renew(&self) -> Duration {
+        self.default_ttl_renew
+    }
+
+    /// Which backend the URL selects, and the connection string to hand to it.
+    pub(crate) fn target(&self) -> Result<(BackendKind, String)> {
+        parse_url(&self.url)
+    }
+}
+
+/// Splits a lock URL into the backend it selects and the string the driver connects with.
+pub(crate) fn parse_url(url: &str) -> Result<(BackendKind, String)> {
+    let bad = |reason: &str| Error::config(format!("URL {:?}", mask_url(url)), reason);
+    let url = url.trim();
+    if url.is_empty() {
+        return Err(bad("the URL is empty"));
+    }
+    if url.contains('\0') {
+        return Err(bad("the URL contains a NUL byte"));
+    }
+    let (kind, target) = match url.split_once("://") {
+        Some(("postgres" | "postgresql", rest)) => {
+            if rest.is_empty() {
+                return Err(bad("expected postgres://user@host:port/database"));
+            }
+            (BackendKind::Postgres, url.to_owned())
+        }
+        Some(("mysql" | "mariadb", rest)) => {
+            if rest.is_empty() || rest.starts_with('/') {
+                return Err(bad("expected mysql://user:password@host:port/database"));
+            }
+            (BackendKind::Mysql, format!("mysql://{rest}"))
+        }
+        Some(("sqlite", path)) => (BackendKind::Sqlite, path.to_owned()),
+        Some((scheme, _)) => {
+            return Err(bad(&format!(
+                "unknown scheme {scheme:?}; use postgres://, postgresql://, mysql://, \
+                 sqlite:// or a file path"
+            )))
+        }
+        None if url.starts_with("sqlite:") => {
+            (BackendKind::Sqlite, url["sqlite:".len()..].to_owned())
+        }
+        None => (BackendKind::Sqlite, url.to_owned()),
+    };
+    if kind == BackendKind::Sqlite {
+        if target.is_empty() {
+            return Err(bad("the SQLite URL names no file"));
+        }
+        if target.contains(":memory:") || target.contains("mode=memory") {
+            return Err(bad(
+                "an in-memory SQLite database is private to each connection, so locks in it \
+                 exclude nothing; use a file",
+            ));
+        }
+    }
+    Ok((kind, target))
+}
+
+/// The URL with its password replaced by `***`, for messages and logs.
+pub(crate) fn mask_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let authority = &rest[..authority_end];
+    match authority.rfind('@') {
+        Some(at) => match authority[..at].split_once(':') {
+            Some((user, _)) => format!("{scheme}://{user}:***{}", &rest[at..]),
+            None => url.to_owned(),
+        },
+        None => url.to_owned(),
+    }
+}
+
+fn parse_bool(variable: &str, value: &str) -> Result<bool> {
+    match value.trim().to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Ok(true),
+        "0" | "false" | "no" | "off" => Ok(false),
+        _ => Err(Error::config(
+            variable,
+            format!("{value:?} is not a boolean; use true or false"),
+        )),
+    }
+}
+
+fn parse_seconds(variable: &str, value: &str) -> Result<Duration> {
+    let seconds: f64 = value
+        .trim()
+        .parse()
+        .map_err(|_| Error::config(variable, format!("{value:?} is not a number of seconds")))?;
+    if !(seconds > 0.0) {
+        return Err(Error::config(
+            variable,
+            format!("{value:?} must be a positive number of seconds"),
+        ));
+    }
+    Duration::try_from_secs_f64(seconds)
+        .map_err(|_| Error::config(variable, format!("{value:?} is too large")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn from(vars: &[(&str, &str)]) -> Result<Config> {
+        let vars: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::from_lookup(|name| vars.get(name).cloned())
+    }
+
+    #[test]
+    fn env_defaults_to_a_sqlite_file() {
+        let config = from(&[]).unwrap();
+        assert_eq!(config.url, DEFAULT_SQLITE_FILE);
+        assert!(config.enabled);
+        assert_eq!(config.default_ttl, Some(Duration::from_secs(10)));
+        assert_eq!(config.default_ttl_renew, Duration::from_secs(2));
+        assert_eq!(config.status_file, None);
+    }
+
+    #[test]
+    fn env_reads_every_setting() {
+        let config = from(&[
+            ("DATABASE_URL", "postgres://other/db"),
+            ("DATABASE_LOCKS_URL", "mysql://root@h/db"),
+            ("DATABASE_LOCKS_ENABLED", "False"),
+            ("DATABASE_LOCKS_STATUS_FILE", "/tmp/s"),
+            ("DATABASE_LOCKS_DEFAULT_TTL", "2.5"),
+            ("DATABASE_LOCKS_DEFAULT_TTL_RENEW", "0.5"),
+        ])
+        .unwrap();
+        assert_eq!(config.url, "mysql://root@h/db");
+        assert!(!config.enabled);
+        assert_eq!(config.status_file, Some(PathBuf::from("/tmp/s")));
+        assert_eq!(config.default_ttl, Some(Duration::from_millis(2500)));
+        assert_eq!(config.default_ttl_renew, Duration::from_millis(500));
+        let config = from(&[
+            ("DATABASE_URL", "postgres://other/db"),
+            ("DATABASE_LOCKS_DEFAULT_TTL", "None"),
+        ])
+        .unwrap();
+        assert_eq!(config.url, "postgres://other/db");
+        assert_eq!(config.default_ttl, None);
+    }
+
+    #[test]
+    fn env_errors_name_the_variable() {
+        for (var, value) in [
+            ("DATABASE_LOCKS_ENABLED", "maybe"),
+            ("DATABASE_LOCKS_DEFAULT_TTL", "ten"),
+            ("DATABASE_LOCKS_DEFAULT_TTL", "-1"),
+            ("DATABASE_LOCKS_DEFAULT_TTL", "0"),
+            ("DATABASE_LOCKS_DEFAULT_TTL_RENEW", "NaN"),
+            ("DATABASE_LOCKS_DEFAULT_TTL_RENEW", "1e300"),
+        ] {
+            let err = from(&[(var, value)]).unwrap_err();
+            assert!(
+                matches!(&err, Error::Config { variable, .. } if variable == var),
+                "{var}={value}: {err}"
+            );
+            assert!(err.to_string().contains(var));
+        }
+    }
+
+    #[test]
+    fn urls_select_the_backend() {
+        let cases = [
+            (
+                "postgres://u@h/db",
+                BackendKind::Postgres,
+                "postgres://u@h/db",
+            ),
+            (
+                "postgresql://u@h/db",
+                BackendKind::Postgres,
+                "postgresql://u@h/db",
+            ),
+            (
+                "mysql://root@h:3306/db",
+                BackendKind::Mysql,
+                "mysql://root@h:3306/db",
+            ),
+            (
+                "mariadb://root@h/db",
+                BackendKind::Mysql,
+                "mysql://root@h/db",
+            ),
+            ("sqlite://relative.db", BackendKind::Sqlite, "relative.db"),
+            ("sqlite:///abs/path.db", BackendKind::Sqlite, "/abs/path.db"),
+            ("sqlite:file.db", BackendKind::Sqlite, "file.db"),
+            ("locks.sqlite3", BackendKind::Sqlite, "locks.sqlite3"),
+            (
+                "/var/lib/app/locks.db",
+                BackendKind::Sqlite,
+                "/var/lib/app/locks.db",
+            ),
+        ];
+        for (url, kind, target) in cases {
+            assert_eq!(parse_url(url).unwrap(), (kind, target.to_owned()), "{url}");
+        }
+    }
+
+    #[test]
+    fn malformed_urls_are_config_errors() {
+        for url in [
+            "",
+            "redis://h",
+            "http://x",
+            "postgres://",
+            "mysql://",
+            "sqlite://",
+            ":memory:",
+            "sqlite://:memory:",
+        ] {
+            assert!(
+                matches!(parse_url(url), Err(Error::Config { .. })),
+                "{url:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn passwords_are_masked() {
+        assert_eq!(
+            mask_url("postgres://u:secret@h/db"),
+            "postgres://u:***@h/db"
+        );
+        assert_eq!(mask_url("mysql://root@h/db"), "mysql://root@h/db");
+        assert_eq!(mask_url("file.db"), "file.db");
+        let err = parse_url("redis://u:secret@h").unwrap_err().to_string();
+        assert!(!err.contains("secret"), "{err}");
+    }
+}

@@ -1,0 +1,146 @@
+//! The one error type of the crate.
+
+use std::time::Duration;
+
+/// Everything that can go wrong when taking, renewing or releasing a lock.
+///
+/// Each message says what happened and, where there is something to do, what to do.
+/// Errors from the database driver are kept as the [`source`](std::error::Error::source).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The lock is held by another owner and the acquisition was a single attempt
+    /// (`retry(None)` or [`try_acquire`](crate::LockBuilder::try_acquire)).
+    #[error("lock {name:?} is held by another owner{}", holder_suffix(.holder))]
+    NotAcquired {
+        /// The lock's name.
+        name: String,
+        /// The current holder, when the database reported it.
+        holder: Option<String>,
+    },
+
+    /// The lock was still held by another owner when the timeout ran out.
+    #[error("timed out after {waited:?} waiting for lock {name:?}{}", holder_suffix(.holder))]
+    Timeout {
+        /// The lock's name.
+        name: String,
+        /// How long the acquisition waited.
+        waited: Duration,
+        /// The holder seen on the last attempt, when the database reported it.
+        holder: Option<String>,
+    },
+
+    /// This thread already holds the lock through another guard, with a different owner id,
+    /// so waiting for it would wait for ever.
+    #[error(
+        "lock {name:?} is already held by this thread; acquiring it again would wait for ever \
+         (drop the first guard, or pass the same explicit `locked_by` to re-acquire)"
+    )]
+    WouldDeadlock {
+        /// The lock's name.
+        name: String,
+    },
+
+    /// The lock was lost: the renewal failed or found another owner, or the lease ran out.
+    #[error("lock {name:?} was lost: {reason}")]
+    Lost {
+        /// The lock's name.
+        name: String,
+        /// Why the guard no longer holds it.
+        reason: String,
+    },
+
+    /// An argument is out of range (name, ttl, renew margin). Nothing was sent to the database.
+    #[error("invalid {what}: {reason}")]
+    InvalidInput {
+        /// Which argument.
+        what: &'static str,
+        /// What is wrong with it and what is allowed.
+        reason: String,
+    },
+
+    /// The configuration (a URL or an environment variable) is malformed.
+    #[error("invalid configuration {variable}: {reason}")]
+    Config {
+        /// The environment variable or setting that holds the bad value.
+        variable: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+
+    /// The URL names a backend whose crate feature is not enabled.
+    #[error(
+        "the URL {url:?} needs the `{feature}` feature of database-locks; enable it in Cargo.toml"
+    )]
+    BackendDisabled {
+        /// The URL, with any password masked.
+        url: String,
+        /// The feature to enable.
+        feature: &'static str,
+    },
+
+    /// The lock table is missing and `auto_migrate` is off.
+    #[error(
+        "the lock table `database_locks_lock` does not exist; run `migrate()` \
+         or enable `auto_migrate`"
+    )]
+    MissingTable,
+
+    /// The lock table exists but does not have the columns this crate needs.
+    #[error("the table `database_locks_lock` has the wrong schema: {reason}")]
+    Schema {
+        /// What is missing or wrong.
+        reason: String,
+    },
+
+    /// A connection to the database could not be made.
+    #[error("cannot connect to the lock database at {url}: {message}")]
+    Connect {
+        /// The URL, with any password masked.
+        url: String,
+        /// What the driver or the pool said.
+        message: String,
+    },
+
+    /// A statement failed.
+    #[error("lock database error during {operation}: {source}")]
+    Database {
+        /// What the crate was doing.
+        operation: &'static str,
+        /// The driver's error.
+        #[source]
+        source: diesel::result::Error,
+    },
+}
+
+fn holder_suffix(holder: &Option<String>) -> String {
+    match holder {
+        Some(holder) => format!(" (held by {holder:?})"),
+        None => String::new(),
+    }
+}
+
+impl Error {
+    pub(crate) fn invalid(what: &'static str, reason: impl Into<String>) -> Self {
+        Error::InvalidInput {
+            what,
+            reason: reason.into(),
+        }
+    }
+
+    pub(crate) fn config(variable: impl Into<String>, reason: impl Into<String>) -> Self {
+        Error::Config {
+            variable: variable.into(),
+            reason: reason.into(),
+        }
+    }
+
+    /// True when the lock was simply held by someone else (a single attempt that failed, or a
+    /// timeout), as opposed to a configuration, input or database error.
+    pub fn is_contention(&self) -> bool {
+        matches!(self, Error::NotAcquired { .. } | Error::Timeout { .. })
+    }
+}
+
+/// The crate's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

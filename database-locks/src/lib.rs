@@ -1,0 +1,63 @@
+//! Distributed locks stored as rows in the database you already run: PostgreSQL,
+//! MySQL/MariaDB or SQLite. A Rust port of the Python package django-database-locks,
+//! sharing its table, so Rust and Django processes can lock each other out.
+//!
+//! ```no_run
+//! use std::time::Duration;
+//!
+//! # fn main() -> Result<(), database_locks::Error> {
+//! let guard = database_locks::lock("nightly-report")
+//!     .timeout(Duration::from_secs(30))
+//!     .lock_ttl(Some(Duration::from_secs(60)))
+//!     .acquire()?;
+//! println!("fencing token {:?}", guard.token());
+//! // ... exactly one process at a time gets here ...
+//! guard.release()?; // dropping the guard releases too
+//! # Ok(()) }
+//! ```
+//!
+//! # How it works
+//!
+//! Each lock is one row of the table `database_locks_lock` (`name`, `locked_by`,
+//! `expires_at`, `token`). Acquire takes the row if it is missing, released
+//! (`expires_at` NULL), expired, or already carries the caller's owner id, and writes a
+//! new owner, a new expiry and a new fencing token, in one statement where the backend
+//! allows it. Every time comes from the database server's clock. While a guard lives, a
+//! per-handle thread renews the lease; a renewal that finds another owner, or that cannot
+//! reach the database before the lease ends, marks the lock lost *before* the lease ends
+//! and calls `lost_lock_cb`. **By default a lost lock ends the process** (exit status
+//! [`LOST_LOCK_EXIT_CODE`]), like the seed raising in the main thread; pass
+//! [`LockBuilder::lost_lock_cb`] to handle it yourself. See `DESIGN.md` for the SQL.
+//!
+//! # Features
+//!
+//! - `sqlite` (default): bundled SQLite, no server or system library needed.
+//! - `postgres`: PostgreSQL through libpq.
+//! - `mysql`: MySQL and MariaDB through libmysqlclient.
+#![warn(missing_docs, missing_debug_implementations, rust_2018_idioms)]
+#![cfg_attr(docsrs, feature(doc_auto_cfg))]
+
+mod backend;
+mod builder;
+mod command;
+mod config;
+mod error;
+mod guard;
+mod local;
+mod locks;
+mod renewer;
+mod stmt;
+
+pub use backend::{LockConnection, LockInfo, Migration};
+pub use builder::{LockBuilder, DEFAULT_RETRY, MAX_NAME_CHARS, MAX_TTL};
+pub use command::Command;
+pub use config::{BackendKind, Config, DEFAULT_SQLITE_FILE};
+pub use error::{Error, Result};
+pub use guard::LockGuard;
+pub use locks::{configure, global, lock, set_global, Locks};
+pub use renewer::{LostLock, LOST_LOCK_EXIT_CODE};
+
+// What `#[locked]` expands to; exempt from semver.
+#[doc(hidden)]
+#[path = "private.rs"]
+pub mod __private;

@@ -1,0 +1,365 @@
+//! The handle: a pool, its settings, and the threads that keep its leases.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock, Weak};
+use std::time::Duration;
+
+use diesel::r2d2::{ConnectionManager, Pool};
+use parking_lot::{Mutex, RwLock};
+
+use crate::backend::pool::{Manager, OpError, PoolStore, Store};
+use crate::backend::{Failure, LockConnection, LockInfo, Migration};
+use crate::builder::LockBuilder;
+use crate::config::{BackendKind, Config};
+use crate::error::{Error, Result};
+use crate::local::Local;
+use crate::renewer::Renewer;
+
+/// The settings a handle reads at each acquisition; [`Locks::set_enabled`] and friends
+/// change them at run time.
+#[derive(Debug, Clone)]
+pub(crate) struct Settings {
+    pub enabled: bool,
+    pub default_ttl: Option<Duration>,
+    pub default_ttl_renew: Duration,
+    pub auto_migrate: bool,
+}
+
+pub(crate) struct Inner {
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) settings: RwLock<Settings>,
+    pub(crate) local: Local,
+    renewer: OnceLock<Renewer>,
+    /// Set once the table is known to be usable.
+    ready: Mutex<bool>,
+}
+
+/// A handle on the lock table of one database: its connection pool, its settings and
+/// the threads that renew its leases. Cheap to clone; clones share everything.
+///
+/// ```no_run
+/// # fn main() -> Result<(), database_locks::Error> {
+/// use database_locks::{Config, Locks};
+///
+/// let locks = Locks::new(Config::new("postgres://app@db/app"))?;
+/// let guard = locks.lock("nightly-report").acquire()?;
+/// println!("holding {} with token {:?}", guard.name(), guard.token());
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Locks {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl fmt::Debug for Locks {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Locks")
+            .field("backend", &self.inner.store.kind())
+            .field("settings", &*self.inner.settings.read())
+            .field("local", &self.inner.local)
+            .finish()
+    }
+}
+
+impl Locks {
+    /// A handle on the database `config` names. Connects lazily: a bad URL is an error
+    /// here, an unreachable database at the first lock.
+    pub fn new(config: Config) -> Result<Self> {
+        let (kind, target) = config.target()?;
+        let store: Arc<dyn Store> = match kind {
+            #[cfg(feature = "postgres")]
+            BackendKind::Postgres => own_pool::<diesel::pg::PgConnection>(&config, &target),
+            #[cfg(feature = "mysql")]
+            BackendKind::Mysql => own_pool::<diesel::mysql::MysqlConnection>(&config, &target),
+            #[cfg(feature = "sqlite")]
+            BackendKind::Sqlite => own_pool::<diesel::sqlite::SqliteConnection>(&config, &target),
+            #[allow(unreachable_patterns)]
+            kind => {
+                return Err(Error::BackendDisabled {
+                    url: crate::config::mask_url(&config.url),
+                    feature: kind.feature(),
+                })
+            }
+        };
+        Ok(Self::from_store(store, &config))
+    }
+
+    /// A handle that takes connections from the application's own diesel r2d2 pool.
+    /// The URL in `config` is not used.
+    ///
+    /// ```no_run
+    /// # #[cfg(feature = "sqlite")] {
+    /// use diesel::r2d2::{ConnectionManager, Pool};
+    /// use diesel::SqliteConnection;
+    /// use database_locks::{Config, Locks};
+    ///
+    /// let pool = Pool::new(ConnectionManager::<SqliteConnection>::new("app.db")).unwrap();
+    /// let locks = Locks::from_pool(pool, Config::new("app.db"));
+    /// # }
+    /// ```
+    pub fn from_pool<C: LockConnection>(pool: Pool<ConnectionManager<C>>, config: Config) -> Self {
+        let store = Arc::new(PoolStore::new(pool, &config.url));
+        Self::from_store(store, &config)
+    }
+
+    fn from_store(store: Arc<dyn Store>, config: &Config) -> Self {
+        Locks {
+            inner: Arc::new(Inner {
+                store,
+                settings: RwLock::new(Settings {
+                    enabled: config.enabled,
+                    default_ttl: config.default_ttl,
+                    default_ttl_renew: config.default_ttl_renew,
+                    auto_migrate: config.auto_migrate,
+                }),
+                local: Local::new(config.status_file.clone()),
+                renewer: OnceLock::new(),
+                ready: Mutex::new(false),
+            }),
+        }
+    }
+
+    /// A builder for the lock `name` on this handle.
+    pub fn lock(&self, name: impl Into<String>) -> LockBuilder {
+        LockBuilder::new(Ok(self.clone()), name.into())
+    }
+
+    /// Which backend this handle talks to.
+    pub fn backend(&self) -> BackendKind {
+        self.inner.store.kind()
+    }
+
+    /// Creates the table, or adds the `token` column to a table Django created. Safe to
+    /// run from several processes at once; a no-op when the table is up to date.
+    pub fn migrate(&self) -> Result<Migration> {
+        let outcome = self.inner.store.migrate().map_err(|e| e.error)?;
+        self.check_schema()?;
+        *self.inner.ready.lock() = true;
+        Ok(outcome)
+    }
+
+    /// Every lock in the table, with its state by the database's clock.
+    pub fn list(&self) -> Result<Vec<LockInfo>> {
+        self.ensure_ready()?;
+        self.inner.store.list(None).map_err(|e| e.error)
+    }
+
+    /// The named lock's row, if it has one.
+    pub fn inspect(&self, name: &str) -> Result<Option<LockInfo>> {
+        crate::builder::validate_name(name)?;
+        self.ensure_ready()?;
+        Ok(self
+            .inner
+            .store
+            .list(Some(name))
+            .map_err(|e| e.error)?
+            .into_iter()
+            .next())
+    }
+
+    /// Releases `name` whoever holds it (for operators clearing a stuck lock). The holder,
+    /// if alive, finds out at its next renewal. Returns whether a lease was cleared.
+    pub fn force_release(&self, name: &str) -> Result<bool> {
+        crate::builder::validate_name(name)?;
+        self.ensure_ready()?;
+        self.inner.store.force_release(name).map_err(|e| e.error)
+    }
+
+    /// Turns locking on or off at run time (see [`Config::enabled`]).
+    pub fn set_enabled(&self, enabled: bool) {
+        self.inner.settings.write().enabled = enabled;
+    }
+
+    /// Changes the default lease length at run time.
+    pub fn set_default_ttl(&self, ttl: Option<Duration>) {
+        self.inner.settings.write().default_ttl = ttl;
+    }
+
+    /// Changes the default renewal margin at run time.
+    pub fn set_default_ttl_renew(&self, margin: Duration) {
+        self.inner.settings.write().default_ttl_renew = margin;
+    }
+
+    /// Changes the status file at run time (`None`: no file).
+    pub fn set_status_file(&self, path: Option<PathBuf>) {
+        self.inner.local.set_status_file(path);
+    }
+
+    pub(crate) fn settings(&self) -> Settings {
+        self.inner.settings.read().clone()
+    }
+
+    /// Makes sure the table exists and has our columns, once per handle.
+    pub(crate) fn ensure_ready(&self) -> Result<()> {
+        let mut ready = self.inner.ready.lock();
+        if *ready {
+            return Ok(());
+        }
+        if self.settings().auto_migrate {
+            self.inner.store.migrate().map_err(|e| e.error)?;
+        }
+        self.check_schema()?;
+        *ready = true;
+        Ok(())
+    }
+
+    /// Forgets that the table was ready (it was dropped behind our back).
+    pub(crate) fn table_missing(&self) {
+        *self.inner.ready.lock() = false;
+    }
+
+    fn check_schema(&self) -> Result<()> {
+        let columns = self.inner.store.columns().map_err(|e| e.error)?;
+        if columns.is_empty() {
+            return Err(Error::MissingTable);
+        }
+        let missing: Vec<_> = ["name", "locked_by", "expires_at", "token"]
+            .into_iter()
+            .filter(|c| !columns.iter().any(|have| have.eq_ignore_ascii_case(c)))
+            .collect();
+        if missing.is_empty() {
+            Ok(())
+        } else if missing == ["token"] {
+            Err(Error::Schema {
+                reason: "no `token` column (a table created by Django); run `migrate()` or enable auto_migrate".into(),
+            })
+        } else {
+            Err(Error::Schema {
+                reason: format!("missing column(s) {}", missing.join(", ")),
+            })
+        }
+    }
+
+    pub(crate) fn renewer(&self) -> Result<&Renewer> {
+        if let Some(renewer) = self.inner.renewer.get() {
+            return Ok(renewer);
+        }
+        let weak: Weak<dyn Store> = Arc::downgrade(&self.inner.store);
+        let renewer = Renewer::start(weak).map_err(|err| Error::Lost {
+            name: String::new(),
+            reason: format!("cannot start the renewal thread: {err}"),
+        })?;
+        Ok(self.inner.renewer.get_or_init(|| renewer))
+    }
+
+    pub(crate) fn store(&self) -> &dyn Store {
+        self.inner.store.as_ref()
+    }
+}
+
+pub(crate) fn transient(err: &OpError) -> bool {
+    err.failure == Failure::Transient
+}
+
+fn own_pool<C: LockConnection>(config: &Config, target: &str) -> Arc<dyn Store> {
+    let pool = Pool::builder()
+        .max_size(config.pool_max_size.max(2))
+        .min_idle(Some(0))
+        .test_on_check_out(false)
+        .connection_timeout(config.connect_timeout)
+        .error_handler(Box::new(QuietErrors))
+        .build_unchecked(Manager::<C>::new(target));
+    Arc::new(PoolStore::new(pool, &config.url))
+}
+
+/// r2d2 logs every failed background connect at error level; an outage is already
+/// reported by the operations that wait it out.
+#[derive(Debug)]
+struct QuietErrors;
+
+impl<E: fmt::Display> r2d2::HandleError<E> for QuietErrors {
+    fn handle_error(&self, error: E) {
+        tracing::debug!("connection attempt failed: {error}");
+    }
+}
+
+static GLOBAL: RwLock<Option<Locks>> = RwLock::new(None);
+
+/// Sets the handle that [`lock`](crate::lock) and `#[locked]` use, replacing any earlier
+/// one (guards taken through the old one keep working until dropped).
+///
+/// ```no_run
+/// database_locks::configure(database_locks::Config::new("mysql://app@db/app"))?;
+/// # Ok::<(), database_locks::Error>(())
+/// ```
+pub fn configure(config: Config) -> Result<()> {
+    let locks = Locks::new(config)?;
+    *GLOBAL.write() = Some(locks);
+    Ok(())
+}
+
+/// Makes `locks` the handle that [`lock`](crate::lock) and `#[locked]` use.
+pub fn set_global(locks: Locks) {
+    *GLOBAL.write() = Some(locks);
+}
+
+/// The global handle: the one [`configure`] set, else one built from
+/// [`Config::from_env`] on first use.
+pub fn global() -> Result<Locks> {
+    if let Some(locks) = GLOBAL.read().as_ref() {
+        return Ok(locks.clone());
+    }
+    let mut slot = GLOBAL.write();
+    if let Some(locks) = slot.as_ref() {
+        return Ok(locks.clone());
+    }
+    let locks = Locks::new(Config::from_env()?)?;
+    *slot = Some(locks.clone());
+    Ok(locks)
+}
+
+/// A builder for the lock `name` on the global handle: the counterpart of the seed's
+/// `lock()` context manager.
+///
+/// ```no_run
+/// use std::time::Duration;
+///
+/// let guard = database_locks::lock("nightly-report")
+///     .lock_ttl(Some(Duration::from_secs(60)))
+///     .acquire()?;
+/// // ... only one process at a time runs this ...
+/// guard.release()?;
+/// # Ok::<(), database_locks::Error>(())
+/// ```
+pub fn lock(name: impl Into<String>) -> LockBuilder {
+    LockBuilder::new(global(), name.into())
+}
+
+static SEQUENCE: AtomicU64 = AtomicU64::new(0);
+
+/// The default owner id: `<host>.<pid>.<nonce>.<n>`, unique per acquisition. The seed's
+/// `<host>.<pid>` would let two threads of one process both hold a lock.
+pub(crate) fn default_owner() -> String {
+    static PREFIX: OnceLock<String> = OnceLock::new();
+    let prefix = PREFIX.get_or_init(|| {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .ok()
+            .or_else(|| std::env::var("HOSTNAME").ok())
+            .or_else(|| std::env::var("COMPUTERNAME").ok())
+            .map(|h| h.trim().to_owned())
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "localhost".to_owned());
+        // A restarted process can get the same pid (pid 1 in a container): the nonce
+        // keeps it from taking over the dead one's lease.
+        let nonce = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or_default()
+            ^ (std::ptr::addr_of!(SEQUENCE) as u64).rotate_left(32);
+        format!("{host}.{}.{:08x}", std::process::id(), nonce as u32)
+    });
+    format!("{prefix}.{}", SEQUENCE.fetch_add(1, Ordering::Relaxed) + 1)
+}
+
+impl Locks {
+    pub(crate) fn inner_renewer(&self) -> Option<&Renewer> {
+        self.inner.renewer.get()
+    }
+}
+
+// Nothing a panic can interrupt leaves a handle inconsistent: its mutexes do not poison
+// and every guard releases on unwind.
+impl std::panic::UnwindSafe for Locks {}
+impl std::panic::RefUnwindSafe for Locks {}

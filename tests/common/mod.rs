@@ -1,0 +1,197 @@
+//! Shared test support: databases for each backend, raw SQL, unique names.
+//!
+//! URLs come from `SQLITE_DATABASE_URL`, `PG_DATABASE_URL` and `MYSQL_DATABASE_URL`,
+//! defaulting to the local servers. A database that cannot be reached fails the test
+//! and names the URL: nothing is skipped.
+#![allow(dead_code)]
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use database_locks::{BackendKind, Config, Locks};
+
+pub const PG_DEFAULT: &str = "postgres://postgres@127.0.0.1:5432/test";
+pub const MYSQL_DEFAULT: &str = "mysql://root@127.0.0.1:3306/test";
+
+/// A database for one test: the shared server database, or an isolated schema
+/// (PostgreSQL), database (MySQL) or file (SQLite) of its own.
+pub struct Db {
+    pub kind: BackendKind,
+    pub url: String,
+    _dir: Option<tempfile::TempDir>,
+    drop_sql: Option<(String, String)>,
+}
+
+impl Db {
+    pub fn sqlite() -> Db {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let url = match std::env::var("SQLITE_DATABASE_URL") {
+            Ok(url) if !url.is_empty() => url,
+            _ => dir.path().join("locks.sqlite3").display().to_string(),
+        };
+        Db { kind: BackendKind::Sqlite, url, _dir: Some(dir), drop_sql: None }
+    }
+
+    pub fn postgres() -> Db {
+        let url = env_url("PG_DATABASE_URL", PG_DEFAULT);
+        let db = Db { kind: BackendKind::Postgres, url, _dir: None, drop_sql: None };
+        db.check_reachable();
+        db
+    }
+
+    pub fn mysql() -> Db {
+        let url = env_url("MYSQL_DATABASE_URL", MYSQL_DEFAULT);
+        let db = Db { kind: BackendKind::Mysql, url, _dir: None, drop_sql: None };
+        db.check_reachable();
+        db
+    }
+
+    /// The same backend with a lock table of its own, dropped afterwards.
+    pub fn isolated(&self) -> Db {
+        let tag = format!("dl_{}_{}", std::process::id(), unique_number());
+        match self.kind {
+            BackendKind::Sqlite => Db::sqlite(),
+            BackendKind::Postgres => {
+                self.exec(&format!("CREATE SCHEMA {tag}"));
+                let sep = if self.url.contains('?') { '&' } else { '?' };
+                Db {
+                    kind: self.kind,
+                    url: format!("{}{sep}options=-csearch_path%3D{tag}", self.url),
+                    _dir: None,
+                    drop_sql: Some((self.url.clone(), format!("DROP SCHEMA {tag} CASCADE"))),
+                }
+            }
+            BackendKind::Mysql => {
+                self.exec(&format!("CREATE DATABASE {tag}"));
+                let base = self.url.rsplit_once('/').map(|(b, _)| b).unwrap_or(&self.url);
+                Db {
+                    kind: self.kind,
+                    url: format!("{base}/{tag}"),
+                    _dir: None,
+                    drop_sql: Some((self.url.clone(), format!("DROP DATABASE {tag}"))),
+                }
+            }
+            _ => unreachable!(),
+        }
+    }
+
+    pub fn config(&self) -> Config {
+        Config::new(self.url.clone())
+    }
+
+    pub fn locks(&self) -> Locks {
+        Locks::new(self.config()).unwrap_or_else(|e| panic!("handle for {}: {e}", self.url))
+    }
+
+    fn check_reachable(&self) {
+        if let Err(e) = self.try_exec("SELECT 1") {
+            panic!("cannot reach the test database at {} ({e}); start it or set the URL variable", self.url);
+        }
+    }
+
+    /// Runs raw SQL on a fresh connection, panicking with the URL on failure.
+    pub fn exec(&self, sql: &str) -> usize {
+        self.try_exec(sql).unwrap_or_else(|e| panic!("{sql} on {}: {e}", self.url))
+    }
+
+    pub fn try_exec(&self, sql: &str) -> Result<usize, String> {
+        use diesel::{Connection, RunQueryDsl};
+        match self.kind {
+            #[cfg(feature = "sqlite")]
+            BackendKind::Sqlite => {
+                let mut c = diesel::SqliteConnection::establish(&self.url).map_err(|e| e.to_string())?;
+                diesel::sql_query("PRAGMA busy_timeout = 5000").execute(&mut c).map_err(|e| e.to_string())?;
+                diesel::sql_query(sql).execute(&mut c).map_err(|e| e.to_string())
+            }
+            #[cfg(feature = "postgres")]
+            BackendKind::Postgres => {
+                let mut c = diesel::PgConnection::establish(&self.url).map_err(|e| e.to_string())?;
+                diesel::sql_query(sql).execute(&mut c).map_err(|e| e.to_string())
+            }
+            #[cfg(feature = "mysql")]
+            BackendKind::Mysql => {
+                let mut c = diesel::MysqlConnection::establish(&self.url).map_err(|e| e.to_string())?;
+                diesel::sql_query(sql).execute(&mut c).map_err(|e| e.to_string())
+            }
+            #[allow(unreachable_patterns)]
+            other => panic!("backend {other:?} is not compiled in"),
+        }
+    }
+
+    /// The database's "now" plus `secs`, as an SQL expression in the column's type.
+    pub fn now_plus(&self, secs: i64) -> String {
+        match self.kind {
+            BackendKind::Postgres => format!("clock_timestamp() + interval '{secs} seconds'"),
+            BackendKind::Mysql => format!("UTC_TIMESTAMP(6) + INTERVAL {secs} SECOND"),
+            _ => format!("strftime('%Y-%m-%d %H:%M:%f', 'now', '{secs:+} seconds') || '000'"),
+        }
+    }
+
+    /// Writes another owner into the row behind the holder's back, keeping its expiry.
+    pub fn steal(&self, name: &str, thief: &str) {
+        let n = self.exec(&format!(
+            "UPDATE database_locks_lock SET locked_by = '{thief}', token = token + 1 WHERE name = '{name}'"
+        ));
+        assert_eq!(n, 1, "stealing {name}");
+    }
+}
+
+impl Drop for Db {
+    fn drop(&mut self) {
+        if let Some((url, sql)) = self.drop_sql.take() {
+            let admin = Db { kind: self.kind, url, _dir: None, drop_sql: None };
+            let _ = admin.try_exec(&sql);
+        }
+    }
+}
+
+fn env_url(var: &str, default: &str) -> String {
+    std::env::var(var).ok().filter(|v| !v.is_empty()).unwrap_or_else(|| default.to_owned())
+}
+
+fn unique_number() -> u32 {
+    static N: AtomicU32 = AtomicU32::new(0);
+    N.fetch_add(1, Ordering::Relaxed)
+}
+
+/// A lock name no other test or run uses.
+pub fn unique_name(test: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or_default();
+    format!("test.{test}.{}.{nanos}.{}", std::process::id(), unique_number())
+}
+
+/// Polls `condition` until it holds or `limit` passes; returns whether it held.
+pub fn eventually(limit: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    loop {
+        if condition() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Instantiates each listed `fn(&Db)` once per compiled-in backend.
+#[macro_export]
+macro_rules! on_each_backend {
+    ($($test:ident),* $(,)?) => {
+        #[cfg(feature = "sqlite")]
+        mod sqlite {
+            $( #[test] fn $test() { super::$test(&$crate::common::Db::sqlite()) } )*
+        }
+        #[cfg(feature = "postgres")]
+        mod postgres {
+            $( #[test] fn $test() { super::$test(&$crate::common::Db::postgres()) } )*
+        }
+        #[cfg(feature = "mysql")]
+        mod mysql {
+            $( #[test] fn $test() { super::$test(&$crate::common::Db::mysql()) } )*
+        }
+    };
+}
