@@ -268,7 +268,7 @@ fn parse_seconds(variable: &str, value: &str) -> Result<Duration> {
         .trim()
         .parse()
         .map_err(|_| Error::config(variable, format!("{value:?} is not a number of seconds")))?;
-    if !(seconds > 0.0) {
+    if seconds.is_nan() || seconds <= 0.0 {
         return Err(Error::config(
             variable,
             format!("{value:?} must be a positive number of seconds"),

@@ -95,9 +95,10 @@ impl Locks {
     /// use diesel::SqliteConnection;
     /// use database_locks::{Config, Locks};
     ///
-    /// let pool = Pool::new(ConnectionManager::<SqliteConnection>::new("app.db")).unwrap();
+    /// let pool = Pool::new(ConnectionManager::<SqliteConnection>::new("app.db"))?;
     /// let locks = Locks::from_pool(pool, Config::new("app.db"));
     /// # }
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn from_pool<C: LockConnection>(pool: Pool<ConnectionManager<C>>, config: Config) -> Self {
         let store = Arc::new(PoolStore::new(pool, &config.url));
