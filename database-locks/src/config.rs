@@ -89,10 +89,19 @@ impl Config {
     }
 
     pub(crate) fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self> {
-        let url = get("DATABASE_LOCKS_URL")
-            .filter(|v| !v.is_empty())
-            .or_else(|| get("DATABASE_URL").filter(|v| !v.is_empty()))
-            .unwrap_or_else(|| DEFAULT_SQLITE_FILE.to_owned());
+        let (variable, url) = match get("DATABASE_LOCKS_URL").filter(|v| !v.is_empty()) {
+            Some(url) => ("DATABASE_LOCKS_URL", url),
+            None => match get("DATABASE_URL").filter(|v| !v.is_empty()) {
+                Some(url) => ("DATABASE_URL", url),
+                None => ("DATABASE_LOCKS_URL", DEFAULT_SQLITE_FILE.to_owned()),
+            },
+        };
+        if let Err(Error::Config { reason, .. }) = parse_url(&url) {
+            return Err(Error::config(
+                variable,
+                format!("{:?}: {reason}", mask_url(&url)),
+            ));
+        }
         let mut config = Config::new(url);
         if let Some(value) = get("DATABASE_LOCKS_ENABLED") {
             config.enabled = parse_bool("DATABASE_LOCKS_ENABLED", &value)?;
@@ -342,6 +351,18 @@ mod tests {
                 "{var}={value}: {err}"
             );
             assert!(err.to_string().contains(var));
+        }
+    }
+
+    #[test]
+    fn a_malformed_url_names_its_variable() {
+        for var in ["DATABASE_LOCKS_URL", "DATABASE_URL"] {
+            let err = from(&[(var, "redis://u:secret@h/0")]).unwrap_err();
+            assert!(
+                matches!(&err, Error::Config { variable, .. } if variable == var),
+                "{err}"
+            );
+            assert!(!err.to_string().contains("secret"));
         }
     }
 

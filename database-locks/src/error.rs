@@ -102,6 +102,16 @@ pub enum Error {
         message: String,
     },
 
+    /// A background thread the handle needs could not be started.
+    #[error("cannot start the {thread} thread: {source}")]
+    Thread {
+        /// Which thread.
+        thread: &'static str,
+        /// The operating system's error.
+        #[source]
+        source: std::io::Error,
+    },
+
     /// A statement failed.
     #[error("lock database error during {operation}: {source}")]
     Database {

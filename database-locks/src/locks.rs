@@ -238,9 +238,9 @@ impl Locks {
             return Ok(renewer);
         }
         let weak: Weak<dyn Store> = Arc::downgrade(&self.inner.store);
-        let renewer = Renewer::start(weak).map_err(|err| Error::Lost {
-            name: String::new(),
-            reason: format!("cannot start the renewal thread: {err}"),
+        let renewer = Renewer::start(weak).map_err(|source| Error::Thread {
+            thread: "lease renewal",
+            source,
         })?;
         Ok(self.inner.renewer.get_or_init(|| renewer))
     }
@@ -357,6 +357,44 @@ pub(crate) fn default_owner() -> String {
 impl Locks {
     pub(crate) fn inner_renewer(&self) -> Option<&Renewer> {
         self.inner.renewer.get()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    #[cfg(not(all(feature = "postgres", feature = "mysql", feature = "sqlite")))]
+    fn a_url_for_a_disabled_backend_names_the_feature() {
+        for (url, feature) in [
+            ("postgres://u@h/db", "postgres"),
+            ("mysql://u@h/db", "mysql"),
+            ("locks.db", "sqlite"),
+        ] {
+            if cfg!(feature = "postgres") && feature == "postgres"
+                || cfg!(feature = "mysql") && feature == "mysql"
+                || cfg!(feature = "sqlite") && feature == "sqlite"
+            {
+                continue;
+            }
+            match Locks::new(Config::new(url)) {
+                Err(err @ Error::BackendDisabled { .. }) => {
+                    assert!(
+                        err.to_string().contains(&format!("`{feature}` feature")),
+                        "{err}"
+                    )
+                }
+                other => panic!("{url}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn default_owners_are_unique_and_name_the_host_and_pid() {
+        let (a, b) = (default_owner(), default_owner());
+        assert_ne!(a, b);
+        assert!(a.contains(&format!(".{}.", std::process::id())), "{a}");
     }
 }
 
