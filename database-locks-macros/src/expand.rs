@@ -62,7 +62,8 @@ fn try_locked(args: TokenStream, item: TokenStream) -> syn::Result<TokenStream> 
     }
 }
 
-const SUPPORTED: &str = "`#[locked]` goes on a fn, a method, `impl Command for T` (it wraps `handle`) \
+const SUPPORTED: &str =
+    "`#[locked]` goes on a fn, a method, `impl Command for T` (it wraps `handle`) \
      or an inherent `impl T` (it names the #[locked] fns inside after `T`)";
 
 fn unsupported_type(what: &str, ident: &Ident) -> String {
@@ -122,7 +123,9 @@ fn expand_impl(args: Args, mut imp: ItemImpl) -> syn::Result<TokenStream> {
     let mut wrapped = 0;
     let mut handle_found = false;
     for item in &mut imp.items {
-        let ImplItem::Fn(function) = item else { continue };
+        let ImplItem::Fn(function) = item else {
+            continue;
+        };
         let inner = take_locked_attr(&mut function.attrs);
         let is_handle = command && function.sig.ident == "handle";
         let result = match (is_handle, inner) {
@@ -132,7 +135,8 @@ fn expand_impl(args: Args, mut imp: ItemImpl) -> syn::Result<TokenStream> {
             )),
             (true, None) => {
                 handle_found = true;
-                let name = quote!(::core::concat!(::core::module_path!(), "::", #type_ident));
+                let type_name = type_ident.to_string();
+                let name = quote!(::core::concat!(::core::module_path!(), "::", #type_name));
                 wrap_impl_fn(function, &args, Owner::Type(&type_ident), Some(name))
             }
             (false, Some(attr)) => parse_attr_args(&attr).and_then(|inner_args| {
@@ -150,9 +154,10 @@ fn expand_impl(args: Args, mut imp: ItemImpl) -> syn::Result<TokenStream> {
         push(
             &mut errors,
             syn::Error::new_spanned(
-            quote!(#impl_token #self_ty),
-            "`#[locked]` on `impl Command` wraps `fn handle`, but this impl has none",
-        ));
+                quote!(#impl_token #self_ty),
+                "`#[locked]` on `impl Command` wraps `fn handle`, but this impl has none",
+            ),
+        );
     }
     if !command && wrapped == 0 && errors.is_none() {
         push(
@@ -193,12 +198,13 @@ fn wrap_impl_fn(
 /// Removes and returns the first `#[locked]` (or `#[database_locks::locked]`) attribute.
 fn take_locked_attr(attrs: &mut Vec<Attribute>) -> Option<Attribute> {
     let position = attrs.iter().position(|attr| {
-        let path = attr.path();
-        let segments: Vec<String> = path.segments.iter().map(|s| s.ident.to_string()).collect();
-        matches!(
-            segments.iter().map(String::as_str).collect::<Vec<_>>().as_slice(),
-            ["locked"] | ["database_locks", "locked"]
-        )
+        let segments = &attr.path().segments;
+        let is = |i: usize, name: &str| segments[i].ident == name;
+        match segments.len() {
+            1 => is(0, "locked"),
+            2 => is(0, "database_locks") && is(1, "locked"),
+            _ => false,
+        }
     })?;
     Some(attrs.remove(position))
 }
@@ -300,23 +306,35 @@ fn check_signature(sig: &Signature) -> syn::Result<()> {
     Ok(())
 }
 
+/// A literal name is checked here; any other expression is evaluated at each call, like
+/// the other arguments, and must be a string (`&str`, `String`, ...).
 fn lock_name(setting: &Setting<Expr>) -> syn::Result<TokenStream> {
-    let Expr::Lit(syn::ExprLit { lit: Lit::Str(lit), .. }) = &setting.value else {
-        return Err(syn::Error::new_spanned(
-            &setting.value,
-            "the lock name must be a string literal, e.g. `#[locked(\"nightly-report\")]`; \
-             leave it out for the default name (module path and fn name)",
-        ));
+    let lit = match &setting.value {
+        Expr::Lit(syn::ExprLit {
+            lit: Lit::Str(lit), ..
+        }) => lit,
+        Expr::Lit(_) => {
+            return Err(syn::Error::new_spanned(
+                &setting.value,
+                "the lock name must be a string, e.g. `#[locked(\"nightly-report\")]`; \
+                 leave it out for the default name (module path and fn name)",
+            ))
+        }
+        value => return Ok(value.to_token_stream()),
     };
     let value = lit.value();
     let chars = value.chars().count();
-    if chars == 0 || chars > 255 || value.contains('\0') {
-        return Err(syn::Error::new_spanned(
-            lit,
-            format!("a lock name must be 1 to 255 characters without NUL; this one has {chars}"),
-        ));
-    }
-    Ok(lit.to_token_stream())
+    let problem = if value.contains('\0') {
+        "contains a NUL character".to_owned()
+    } else if chars == 0 || chars > 255 {
+        format!("has {chars}")
+    } else {
+        return Ok(lit.to_token_stream());
+    };
+    Err(syn::Error::new_spanned(
+        lit,
+        format!("a lock name must be 1 to 255 characters without NUL; this one {problem}"),
+    ))
 }
 
 /// `.timeout(...)` and friends, one per argument given: unset arguments are left to the
@@ -324,10 +342,18 @@ fn lock_name(setting: &Setting<Expr>) -> syn::Result<TokenStream> {
 fn builder_calls(args: &Args) -> syn::Result<TokenStream> {
     let mut calls = TokenStream::new();
     let durations = [
-        ("timeout", &args.timeout, NoneMeans::Refused("`timeout = 0` (the default) waits for ever")),
+        (
+            "timeout",
+            &args.timeout,
+            NoneMeans::Refused("`timeout = 0` (the default) waits for ever"),
+        ),
         ("lock_ttl", &args.lock_ttl, NoneMeans::Allowed),
         ("retry", &args.retry, NoneMeans::Allowed),
-        ("lock_ttl_renew", &args.lock_ttl_renew, NoneMeans::Refused("leave it out for the default")),
+        (
+            "lock_ttl_renew",
+            &args.lock_ttl_renew,
+            NoneMeans::Refused("leave it out for the default"),
+        ),
         (
             "lock_at_least_for",
             &args.lock_at_least_for,
@@ -364,9 +390,9 @@ fn duration_value(key: &str, setting: &Setting<Expr>, none: NoneMeans) -> syn::R
     let value = &setting.value;
     if is_none(value) {
         return match none {
-            NoneMeans::Allowed => {
-                Ok(quote_spanned!(value.span()=> ::core::option::Option::None::<::core::time::Duration>))
-            }
+            NoneMeans::Allowed => Ok(
+                quote_spanned!(value.span()=> ::core::option::Option::None::<::core::time::Duration>),
+            ),
             NoneMeans::Refused(hint) => Err(syn::Error::new_spanned(
                 value,
                 format!("`{key}` cannot be `None`; {hint}"),
@@ -386,17 +412,9 @@ fn duration_value(key: &str, setting: &Setting<Expr>, none: NoneMeans) -> syn::R
         }
         _ => None,
     };
-    match literal {
-        Some(Lit::Int(int)) => {
-            if key == "lock_ttl" && int.base10_digits().bytes().all(|b| b == b'0') {
-                return Err(zero_ttl(value));
-            }
-        }
-        Some(Lit::Float(float)) => {
-            if key == "lock_ttl" && float.base10_parse::<f64>().is_ok_and(|f| f == 0.0) {
-                return Err(zero_ttl(value));
-            }
-        }
+    let is_zero = match literal {
+        Some(Lit::Int(int)) => int.base10_parse::<u128>().is_ok_and(|n| n == 0),
+        Some(Lit::Float(float)) => float.base10_parse::<f64>().is_ok_and(|f| f == 0.0),
         Some(_) => {
             return Err(syn::Error::new_spanned(
                 value,
@@ -406,13 +424,15 @@ fn duration_value(key: &str, setting: &Setting<Expr>, none: NoneMeans) -> syn::R
                 ),
             ))
         }
-        None => {}
+        None => false,
+    };
+    if is_zero && key == "lock_ttl" {
+        return Err(syn::Error::new_spanned(
+            value,
+            "`lock_ttl` must be positive; `lock_ttl = None` means no expiry",
+        ));
     }
     Ok(value.to_token_stream())
-}
-
-fn zero_ttl(value: &Expr) -> syn::Error {
-    syn::Error::new_spanned(value, "`lock_ttl` must be positive; `lock_ttl = None` means no expiry")
 }
 
 fn is_none(value: &Expr) -> bool {
@@ -434,7 +454,11 @@ fn on_error(output: &ReturnType, error: &Ident) -> TokenStream {
         return quote!(::database_locks::__private::lock_failed(#error));
     }
     let is_result = match &**ty {
-        Type::Path(path) => path.path.segments.last().is_some_and(|s| s.ident == "Result"),
+        Type::Path(path) => path
+            .path
+            .segments
+            .last()
+            .is_some_and(|s| s.ident == "Result"),
         _ => false,
     };
     if contains_impl_trait(ty) {

@@ -52,6 +52,7 @@ pub use backend::{LockConnection, LockInfo, Migration};
 pub use builder::{LockBuilder, DEFAULT_RETRY, MAX_NAME_CHARS, MAX_TTL};
 pub use command::Command;
 pub use config::{BackendKind, Config, DEFAULT_SQLITE_FILE};
+pub use database_locks_macros::locked;
 pub use error::{Error, Result};
 pub use guard::LockGuard;
 pub use locks::{configure, global, lock, set_global, Locks};

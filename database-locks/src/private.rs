@@ -40,9 +40,9 @@ pub struct Lock {
 
 impl Lock {
     /// The lock `name` on the global handle, read at this call.
-    pub fn new(name: impl Into<String>) -> Self {
+    pub fn new(name: impl LockName) -> Self {
         Lock {
-            builder: crate::lock(name),
+            builder: crate::lock(name.lock_name()),
             error: None,
         }
     }
@@ -72,9 +72,11 @@ impl Lock {
         self.set("lock_ttl", ttl.maybe_seconds(), LockBuilder::lock_ttl)
     }
 
-    /// `locked_by = ...`
-    pub fn locked_by(mut self, owner: impl Into<String>) -> Self {
-        self.builder = self.builder.locked_by(owner);
+    /// `locked_by = ...` (`None`: the default owner).
+    pub fn locked_by(mut self, owner: impl Owner) -> Self {
+        if let Some(owner) = owner.owner() {
+            self.builder = self.builder.locked_by(owner);
+        }
         self
     }
 
@@ -121,6 +123,50 @@ impl Lock {
         }
     }
 }
+
+/// A lock name given as an expression.
+#[diagnostic::on_unimplemented(
+    message = "a `#[locked]` lock name is a string, not `{Self}`",
+    label = "expected `&str`, `String`, `&String`, `Box<str>` or `Cow<str>`"
+)]
+pub trait LockName {
+    /// The name.
+    fn lock_name(self) -> String;
+}
+
+/// An owner id given to `locked_by`: a string, or an `Option` of one where `None` leaves
+/// the default owner (unique per acquisition).
+#[diagnostic::on_unimplemented(
+    message = "`locked_by` takes a string or an `Option` of one, not `{Self}`",
+    label = "expected `&str`, `String`, `&String`, `Box<str>`, `Cow<str>`, or an `Option` of one"
+)]
+pub trait Owner {
+    /// The owner id, if one is given.
+    fn owner(self) -> Option<String>;
+}
+
+macro_rules! strings {
+    ($($string:ty)*) => {$(
+        impl LockName for $string {
+            fn lock_name(self) -> String {
+                self.into()
+            }
+        }
+
+        impl Owner for $string {
+            fn owner(self) -> Option<String> {
+                Some(self.into())
+            }
+        }
+
+        impl Owner for Option<$string> {
+            fn owner(self) -> Option<String> {
+                self.map(Into::into)
+            }
+        }
+    )*};
+}
+strings!(String &str &String &mut str Box<str> std::borrow::Cow<'_, str>);
 
 /// A duration argument: seconds as an integer or a float, or a [`Duration`].
 #[diagnostic::on_unimplemented(

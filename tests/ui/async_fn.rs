@@ -1,0 +1,6 @@
+use database_locks::locked;
+
+#[locked]
+async fn fetch() {}
+
+fn main() {}

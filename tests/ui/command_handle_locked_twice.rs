@@ -1,0 +1,15 @@
+use database_locks::{locked, Command};
+
+struct Reindex;
+
+#[locked]
+impl Command for Reindex {
+    type Error = database_locks::Error;
+
+    #[locked(timeout = 5)]
+    fn handle(&mut self) -> Result<(), Self::Error> {
+        Ok(())
+    }
+}
+
+fn main() {}

@@ -1,0 +1,10 @@
+use database_locks::{locked, Command};
+
+struct Reindex;
+
+#[locked]
+impl Command for Reindex {
+    type Error = database_locks::Error;
+}
+
+fn main() {}

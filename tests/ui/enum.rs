@@ -1,0 +1,8 @@
+use database_locks::locked;
+
+#[locked]
+enum Job {
+    Reindex,
+}
+
+fn main() {}

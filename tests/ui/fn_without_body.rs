@@ -1,0 +1,8 @@
+use database_locks::locked;
+
+trait Job {
+    #[locked]
+    fn run(&self);
+}
+
+fn main() {}

@@ -1,0 +1,6 @@
+use database_locks::locked;
+
+#[locked(timeout = None)]
+fn report() {}
+
+fn main() {}

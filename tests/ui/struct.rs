@@ -1,0 +1,8 @@
+use database_locks::locked;
+
+#[locked]
+struct Reindex {
+    index: String,
+}
+
+fn main() {}
