@@ -199,7 +199,8 @@ fn lock_at_least_for_keeps_the_lock_after_release(db: &Db) {
     guard.release().unwrap();
     let row = locks.inspect(&name).unwrap().unwrap();
     assert_eq!(row.state(), "held", "kept after an early release");
-    assert!(row.expires_in.unwrap() <= 2.0);
+    // Kept for what is left of the 2 s (SQLite's clock counts whole milliseconds).
+    assert!(row.expires_in.unwrap() <= 2.01, "{:?}", row.expires_in);
     assert!(locks.lock(&name).try_acquire().unwrap().is_none());
     let later = locks.lock(&name).timeout(Duration::from_secs(20)).acquire().unwrap();
     assert!(later.is_held());

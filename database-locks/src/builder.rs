@@ -201,7 +201,6 @@ impl LockBuilder {
         {
             return Err(Error::WouldDeadlock { name: self.name });
         }
-        locks.ensure_ready()?;
 
         let owner = self.locked_by.unwrap_or_else(default_owner);
         let retry = if once { None } else { self.retry };
@@ -216,7 +215,10 @@ impl LockBuilder {
             let seen = local.release_count(&self.name);
             let sent = Instant::now();
             let mut wake_at = None;
-            match locks.store().try_acquire(&self.name, &owner, ttl) {
+            let attempt = locks
+                .prepare()
+                .and_then(|()| locks.store().try_acquire(&self.name, &owner, ttl));
+            match attempt {
                 Ok(Attempt::Acquired { token }) => {
                     let lease = Arc::new(LeaseState::new(
                         self.name,
@@ -253,10 +255,10 @@ impl LockBuilder {
                 {
                     repaired = true;
                     locks.table_missing();
-                    locks.ensure_ready()?;
                     continue;
                 }
-                Err(err) if transient(&err) && !once => {
+                // Waited out only by an acquisition that waits; a single attempt reports it.
+                Err(err) if transient(&err) && retry.is_some() => {
                     tracing::debug!(lock = %self.name, "acquire attempt failed, will retry: {}", err.error);
                 }
                 Err(err) => return Err(err.error),

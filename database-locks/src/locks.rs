@@ -194,14 +194,20 @@ impl Locks {
 
     /// Makes sure the table exists and has our columns, once per handle.
     pub(crate) fn ensure_ready(&self) -> Result<()> {
+        self.prepare().map_err(|e| e.error)
+    }
+
+    /// [`ensure_ready`](Self::ensure_ready), keeping whether a failure is transient so that
+    /// a waiting acquisition can wait it out.
+    pub(crate) fn prepare(&self) -> Result<(), OpError> {
         let mut ready = self.inner.ready.lock();
         if *ready {
             return Ok(());
         }
         if self.settings().auto_migrate {
-            self.inner.store.migrate().map_err(|e| e.error)?;
+            self.inner.store.migrate()?;
         }
-        self.check_schema()?;
+        self.check_schema_op()?;
         *ready = true;
         Ok(())
     }
@@ -212,9 +218,17 @@ impl Locks {
     }
 
     fn check_schema(&self) -> Result<()> {
-        let columns = self.inner.store.columns().map_err(|e| e.error)?;
+        self.check_schema_op().map_err(|e| e.error)
+    }
+
+    fn check_schema_op(&self) -> Result<(), OpError> {
+        let columns = self.inner.store.columns()?;
+        let persistent = |error| OpError {
+            failure: Failure::Persistent,
+            error,
+        };
         if columns.is_empty() {
-            return Err(Error::MissingTable);
+            return Err(persistent(Error::MissingTable));
         }
         let missing: Vec<_> = ["name", "locked_by", "expires_at", "token"]
             .into_iter()
@@ -223,13 +237,13 @@ impl Locks {
         if missing.is_empty() {
             Ok(())
         } else if missing == ["token"] {
-            Err(Error::Schema {
+            Err(persistent(Error::Schema {
                 reason: "no `token` column (a table created by Django); run `migrate()` or enable auto_migrate".into(),
-            })
+            }))
         } else {
-            Err(Error::Schema {
+            Err(persistent(Error::Schema {
                 reason: format!("missing column(s) {}", missing.join(", ")),
-            })
+            }))
         }
     }
 

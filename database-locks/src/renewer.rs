@@ -66,10 +66,12 @@ fn from_nanos(nanos: u64) -> Instant {
     *EPOCH + Duration::from_nanos(nanos)
 }
 
-/// How long before the lease ends the holder stops believing it holds the lock. Chosen so
-/// that a renewal retried during an outage still gets most of the margin.
+/// How long before the lease ends the holder stops believing it holds the lock: time for
+/// the holder to stop its work before anyone else can get in. A quarter of the renewal
+/// margin (at most 500 ms), so a renewal retried through a short outage still gets most
+/// of `lock_ttl_renew`.
 pub(crate) fn loss_margin(ttl: Duration, ttl_renew: Duration) -> Duration {
-    (ttl_renew / 2).min(Duration::from_secs(1)).min(ttl / 4)
+    (ttl_renew / 4).min(Duration::from_millis(500)).min(ttl / 4)
 }
 
 /// One held lease, shared by its guard, the renewal thread and the watchdog.
@@ -312,7 +314,11 @@ fn renew_batch(shared: &Shared, store: &dyn Store, due: &[Arc<LeaseState>]) {
         match &outcome {
             Ok(renewed) if renewed.get(index).copied().unwrap_or(false) => {
                 if lease.is_lost() {
-                    // Renewed too late: the watchdog already gave it up.
+                    // Renewed too late: the holder has already been told it may not
+                    // hold the lock. Stop renewing; the guard's release clears the row.
+                    lease.declare_lost(
+                        "the lease could not be renewed before it ran out".to_owned(),
+                    );
                     continue;
                 }
                 lease.extended(sent);

@@ -195,3 +195,59 @@ macro_rules! on_each_backend {
         }
     };
 }
+
+impl Db {
+    /// A URL for the same database whose connections `kill_connections` can find.
+    pub fn tagged_url(&self, tag: &str) -> String {
+        match self.kind {
+            BackendKind::Postgres => {
+                let sep = if self.url.contains('?') { '&' } else { '?' };
+                format!("{}{sep}application_name={tag}", self.url)
+            }
+            _ => self.url.clone(),
+        }
+    }
+
+    /// Terminates from outside every session of `tagged_url(tag)` (PostgreSQL) or of this
+    /// database (MySQL, used with `isolated()`); returns how many were killed.
+    pub fn kill_connections(&self, tag: &str) -> usize {
+        match self.kind {
+            BackendKind::Postgres => self.exec(&format!(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = '{tag}'"
+            )),
+            BackendKind::Mysql => {
+                let db = self.url.rsplit('/').next().unwrap_or_default().to_owned();
+                let mut killed = 0;
+                for id in self.mysql_session_ids(&db) {
+                    if self.try_exec(&format!("KILL {id}")).is_ok() {
+                        killed += 1;
+                    }
+                }
+                killed
+            }
+            _ => 0,
+        }
+    }
+
+    #[cfg(feature = "mysql")]
+    fn mysql_session_ids(&self, db: &str) -> Vec<i64> {
+        use diesel::{Connection, QueryableByName, RunQueryDsl};
+        #[derive(QueryableByName)]
+        struct Id {
+            #[diesel(sql_type = diesel::sql_types::BigInt)]
+            id: i64,
+        }
+        let mut c = diesel::MysqlConnection::establish(&self.url).expect("admin connection");
+        let ids: Vec<Id> = diesel::sql_query(format!(
+            "SELECT CAST(id AS SIGNED) AS id FROM information_schema.processlist WHERE db = '{db}' AND id <> CONNECTION_ID()"
+        ))
+        .load(&mut c)
+        .expect("processlist");
+        ids.into_iter().map(|i| i.id).collect()
+    }
+
+    #[cfg(not(feature = "mysql"))]
+    fn mysql_session_ids(&self, _db: &str) -> Vec<i64> {
+        Vec::new()
+    }
+}

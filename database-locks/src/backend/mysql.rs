@@ -6,7 +6,7 @@
 //! `LAST_INSERT_ID(token + 1)` stores the new token in the session, read back by a
 //! second, non-writing statement. A refused attempt reads the holder; only a missing
 //! row is inserted, so attempts never burn `AUTO_INCREMENT` values. Owners compare as
-//! `BINARY`: Django's table may use a case-insensitive collation.
+//! binary strings: Django's table may use a case-insensitive collation.
 
 use std::time::Duration;
 
@@ -24,7 +24,7 @@ const ACQUIRE: &str = "\
 UPDATE database_locks_lock
    SET token = LAST_INSERT_ID(token + 1), locked_by = ?,
        expires_at = COALESCE(UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND, '9999-01-01 00:00:00')
- WHERE name = ? AND (expires_at IS NULL OR expires_at < UTC_TIMESTAMP(6) OR BINARY locked_by = ?)";
+ WHERE name = ? AND (expires_at IS NULL OR expires_at < UTC_TIMESTAMP(6) OR CAST(locked_by AS BINARY) = ?)";
 
 const ACQUIRED_TOKEN: &str = "SELECT CAST(LAST_INSERT_ID() AS SIGNED) AS n";
 
@@ -35,16 +35,16 @@ SELECT ?, ?, COALESCE(UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND, '9999-01-01 00:
 
 const RENEW: &str = "\
 UPDATE database_locks_lock SET expires_at = UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND
- WHERE name = ? AND BINARY locked_by = ? AND token = ? AND expires_at >= UTC_TIMESTAMP(6)";
+ WHERE name = ? AND CAST(locked_by AS BINARY) = ? AND token = ? AND expires_at >= UTC_TIMESTAMP(6)";
 
 // `keep_for` NULL makes the new expiry NULL: released.
 const RELEASE: &str = "\
 UPDATE database_locks_lock SET expires_at = UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND
- WHERE name = ? AND BINARY locked_by = ? AND token = ?";
+ WHERE name = ? AND CAST(locked_by AS BINARY) = ? AND token = ?";
 
 const VERIFY: &str = "\
 SELECT COUNT(*) AS n FROM database_locks_lock
- WHERE name = ? AND BINARY locked_by = ? AND token = ? AND expires_at >= UTC_TIMESTAMP(6)";
+ WHERE name = ? AND CAST(locked_by AS BINARY) = ? AND token = ? AND expires_at >= UTC_TIMESTAMP(6)";
 
 const LIST: &str = "\
 SELECT name, locked_by, TIMESTAMPDIFF(MICROSECOND, UTC_TIMESTAMP(6), expires_at) / 1e6 AS expires_in, token
