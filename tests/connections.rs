@@ -42,7 +42,8 @@ fn killed_connections_are_waited_out(db: &Db) {
     // Kill every session of both handles, repeatedly, across several renewals.
     for round in 0..6 {
         assert!(
-            eventually(Duration::from_secs(5), || isolated.kill_connections(&tag) > 0),
+            eventually(Duration::from_secs(5), || isolated.kill_connections(&tag)
+                > 0),
             "round {round}: no session to kill"
         );
         std::thread::sleep(Duration::from_millis(500));
@@ -52,7 +53,10 @@ fn killed_connections_are_waited_out(db: &Db) {
     assert_eq!(losses.load(Ordering::SeqCst), 0, "nothing reported lost");
     let holder_token = guard.token();
     guard.release().unwrap();
-    let token = waiter.join().unwrap().expect("the waiter acquired after its connections died");
+    let token = waiter
+        .join()
+        .unwrap()
+        .expect("the waiter acquired after its connections died");
     assert!(token > holder_token);
 }
 

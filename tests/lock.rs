@@ -25,7 +25,10 @@ fn acquire_and_release(db: &Db) {
     assert_eq!(row.locked_by.as_deref(), Some("worker-1"));
     assert_eq!(row.token as u64, guard.token().unwrap());
     guard.release().unwrap();
-    let row = locks.inspect(&name).unwrap().expect("row kept after release");
+    let row = locks
+        .inspect(&name)
+        .unwrap()
+        .expect("row kept after release");
     assert_eq!(row.state(), "released");
     assert_eq!(row.expires_in, None);
 }
@@ -42,7 +45,11 @@ fn second_owner_waits_for_release(db: &Db) {
     }
     let first_token = first.token().unwrap();
     drop(first);
-    let second = other.lock(&name).try_acquire().unwrap().expect("free after release");
+    let second = other
+        .lock(&name)
+        .try_acquire()
+        .unwrap()
+        .expect("free after release");
     assert!(second.token().unwrap() > first_token, "tokens grow");
 }
 
@@ -73,7 +80,11 @@ fn expiry_lets_another_owner_in(db: &Db) {
 fn same_explicit_owner_reacquires(db: &Db) {
     let locks = db.locks();
     let name = unique_name("same-owner");
-    let first = locks.lock(&name).locked_by("restarted-worker").acquire().unwrap();
+    let first = locks
+        .lock(&name)
+        .locked_by("restarted-worker")
+        .acquire()
+        .unwrap();
     let second = db
         .locks()
         .lock(&name)
@@ -82,7 +93,10 @@ fn same_explicit_owner_reacquires(db: &Db) {
         .unwrap()
         .expect("same owner re-acquires while the lease runs");
     assert!(second.token() > first.token());
-    assert!(!first.verify().unwrap(), "the older guard of that owner no longer validates");
+    assert!(
+        !first.verify().unwrap(),
+        "the older guard of that owner no longer validates"
+    );
     assert!(second.verify().unwrap());
     // A release by the stale guard (not the row's owner+token any more) changes nothing.
     assert!(matches!(first.release(), Err(Error::Lost { .. })));
@@ -109,7 +123,10 @@ fn renewal_keeps_the_lock_past_its_ttl(db: &Db) {
         .unwrap();
     let until = Instant::now() + 4 * SEC;
     while Instant::now() < until {
-        assert!(db.locks().lock(&name).try_acquire().unwrap().is_none(), "renewed lease refused others");
+        assert!(
+            db.locks().lock(&name).try_acquire().unwrap().is_none(),
+            "renewed lease refused others"
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
     assert!(guard.verify().unwrap());
@@ -133,23 +150,35 @@ fn stolen_lock_is_reported_lost_before_the_lease_ends(db: &Db) {
         .lost_lock_cb(move |lost| {
             counted.fetch_add(1, Ordering::SeqCst);
             // By the database's clock, how much of the original lease was left.
-            let left = observer.inspect(&observed_name).unwrap().unwrap().expires_in;
+            let left = observer
+                .inspect(&observed_name)
+                .unwrap()
+                .unwrap()
+                .expires_in;
             let _ = tx.send((lost.clone(), left));
         })
         .acquire()
         .unwrap();
     db.steal(&name, "thief");
-    let (lost, left) = rx.recv_timeout(Duration::from_secs(10)).expect("lost_lock_cb ran");
+    let (lost, left) = rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("lost_lock_cb ran");
     assert_eq!(lost.name, name);
     assert_eq!(lost.token, guard.token().unwrap());
-    assert!(left.unwrap() > 0.0, "reported with {left:?} s of the original lease left");
+    assert!(
+        left.unwrap() > 0.0,
+        "reported with {left:?} s of the original lease left"
+    );
     assert!(guard.is_lost());
     assert!(!guard.verify().unwrap());
     // Once, not once per renewal period.
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(calls.load(Ordering::SeqCst), 1);
     assert!(matches!(guard.release(), Err(Error::Lost { .. })));
-    assert_eq!(locks.inspect(&name).unwrap().unwrap().locked_by.as_deref(), Some("thief"));
+    assert_eq!(
+        locks.inspect(&name).unwrap().unwrap().locked_by.as_deref(),
+        Some("thief")
+    );
 }
 
 fn panic_in_the_critical_section_releases(db: &Db) {
@@ -178,10 +207,19 @@ fn timeout_gives_up_with_a_timeout_error(db: &Db) {
     let _holder = locks.lock(&name).locked_by("holder").acquire().unwrap();
     let timeout = Duration::from_millis(700);
     let started = Instant::now();
-    match db.locks().lock(&name).timeout(timeout).retry(Some(Duration::from_millis(100))).acquire() {
+    match db
+        .locks()
+        .lock(&name)
+        .timeout(timeout)
+        .retry(Some(Duration::from_millis(100)))
+        .acquire()
+    {
         Err(Error::Timeout { waited, holder, .. }) => {
             assert!(waited >= timeout, "waited {waited:?}");
-            assert!(started.elapsed() < timeout + Duration::from_secs(10), "gave up");
+            assert!(
+                started.elapsed() < timeout + Duration::from_secs(10),
+                "gave up"
+            );
             assert_eq!(holder.as_deref(), Some("holder"));
         }
         other => panic!("expected a timeout, got {other:?}"),
@@ -202,7 +240,11 @@ fn lock_at_least_for_keeps_the_lock_after_release(db: &Db) {
     // Kept for what is left of the 2 s (SQLite's clock counts whole milliseconds).
     assert!(row.expires_in.unwrap() <= 2.01, "{:?}", row.expires_in);
     assert!(locks.lock(&name).try_acquire().unwrap().is_none());
-    let later = locks.lock(&name).timeout(Duration::from_secs(20)).acquire().unwrap();
+    let later = locks
+        .lock(&name)
+        .timeout(Duration::from_secs(20))
+        .acquire()
+        .unwrap();
     assert!(later.is_held());
     drop(later);
     // Released after the minimum: free at once.
@@ -220,13 +262,21 @@ fn disabled_mode_runs_without_a_lock(db: &Db) {
     let locks = Locks::new(db.config().enabled(false)).unwrap();
     let name = unique_name("disabled");
     let a = locks.lock(&name).acquire().unwrap();
-    let b = locks.lock(&name).try_acquire().unwrap().expect("no exclusion when disabled");
+    let b = locks
+        .lock(&name)
+        .try_acquire()
+        .unwrap()
+        .expect("no exclusion when disabled");
     assert!(!a.is_held() && !b.is_held());
     assert_eq!(a.token(), None);
     assert_eq!(a.locked_by(), None);
     assert!(!a.is_lost());
     drop((a, b));
-    assert_eq!(db.locks().inspect(&name).unwrap(), None, "the table is untouched");
+    assert_eq!(
+        db.locks().inspect(&name).unwrap(),
+        None,
+        "the table is untouched"
+    );
     // Turned on at run time, the same handle locks.
     locks.set_enabled(true);
     let c = locks.lock(&name).acquire().unwrap();
@@ -245,14 +295,26 @@ fn status_file_shows_each_state(db: &Db) {
     let waiter = {
         let (locks, name) = (locks.clone(), name.clone());
         std::thread::spawn(move || {
-            let guard = locks.lock(&name).retry(Some(Duration::from_millis(50))).acquire().unwrap();
+            let guard = locks
+                .lock(&name)
+                .retry(Some(Duration::from_millis(50)))
+                .acquire()
+                .unwrap();
             std::thread::sleep(Duration::from_millis(300));
             drop(guard);
         })
     };
-    assert!(eventually(10 * SEC, || read() == "1"), "1 while waiting, saw {:?}", read());
+    assert!(
+        eventually(10 * SEC, || read() == "1"),
+        "1 while waiting, saw {:?}",
+        read()
+    );
     drop(holder);
-    assert!(eventually(10 * SEC, || read() == "2"), "2 while held, saw {:?}", read());
+    assert!(
+        eventually(10 * SEC, || read() == "2"),
+        "2 while held, saw {:?}",
+        read()
+    );
     waiter.join().unwrap();
     assert_eq!(read(), "0", "0 after release");
 }
@@ -274,11 +336,27 @@ fn bad_input_is_a_typed_error_and_touches_nothing(db: &Db) {
         ("256 characters", locks.lock(long.as_str())),
         ("NUL byte", locks.lock("a\0b")),
         ("zero ttl", locks.lock("ok").lock_ttl(Some(Duration::ZERO))),
-        ("huge ttl", locks.lock("ok").lock_ttl(Some(Duration::from_secs(u64::MAX / 4)))),
-        ("renew not below ttl", locks.lock("ok").lock_ttl(Some(SEC)).lock_ttl_renew(SEC)),
-        ("zero renew margin", locks.lock("ok").lock_ttl_renew(Duration::ZERO)),
+        (
+            "huge ttl",
+            locks
+                .lock("ok")
+                .lock_ttl(Some(Duration::from_secs(u64::MAX / 4))),
+        ),
+        (
+            "renew not below ttl",
+            locks.lock("ok").lock_ttl(Some(SEC)).lock_ttl_renew(SEC),
+        ),
+        (
+            "zero renew margin",
+            locks.lock("ok").lock_ttl_renew(Duration::ZERO),
+        ),
         ("empty owner", locks.lock("ok").locked_by("")),
-        ("huge at-least", locks.lock("ok").lock_at_least_for(Duration::from_secs(u64::MAX / 4))),
+        (
+            "huge at-least",
+            locks
+                .lock("ok")
+                .lock_at_least_for(Duration::from_secs(u64::MAX / 4)),
+        ),
     ];
     for (what, builder) in cases {
         match builder.acquire() {
@@ -300,16 +378,30 @@ fn reacquiring_on_the_same_thread_does_not_hang(db: &Db) {
     let locks = db.locks();
     let name = unique_name("reentrant");
     let _guard = locks.lock(&name).acquire().unwrap();
-    assert!(matches!(locks.lock(&name).acquire(), Err(Error::WouldDeadlock { .. })));
+    assert!(matches!(
+        locks.lock(&name).acquire(),
+        Err(Error::WouldDeadlock { .. })
+    ));
     // With the same explicit owner it is a deliberate re-acquisition.
-    let _a = locks.lock(format!("{name}-2")).locked_by("me").acquire().unwrap();
-    assert!(locks.lock(format!("{name}-2")).locked_by("me").acquire().is_ok());
+    let _a = locks
+        .lock(format!("{name}-2"))
+        .locked_by("me")
+        .acquire()
+        .unwrap();
+    assert!(locks
+        .lock(format!("{name}-2"))
+        .locked_by("me")
+        .acquire()
+        .is_ok());
 }
 
 fn missing_table_with_auto_migrate_off_is_an_error(db: &Db) {
     let isolated = db.isolated();
     let locks = Locks::new(isolated.config().auto_migrate(false)).unwrap();
-    assert!(matches!(locks.lock("x").acquire(), Err(Error::MissingTable)));
+    assert!(matches!(
+        locks.lock("x").acquire(),
+        Err(Error::MissingTable)
+    ));
     assert_eq!(locks.migrate().unwrap(), Migration::Created);
     assert_eq!(locks.migrate().unwrap(), Migration::UpToDate);
     assert!(locks.lock("x").acquire().unwrap().is_held());
@@ -375,7 +467,10 @@ fn django_table_is_upgraded_and_shared(db: &Db) {
     isolated.exec("INSERT INTO database_locks_lock (name, locked_by, expires_at) VALUES ('django-free', 'web-1.4242', NULL)");
 
     let off = Locks::new(isolated.config().auto_migrate(false)).unwrap();
-    assert!(matches!(off.lock("django-free").acquire(), Err(Error::Schema { .. })));
+    assert!(matches!(
+        off.lock("django-free").acquire(),
+        Err(Error::Schema { .. })
+    ));
     let locks = isolated.locks();
     assert_eq!(locks.migrate().unwrap(), Migration::Upgraded);
     assert_eq!(locks.migrate().unwrap(), Migration::UpToDate);

@@ -18,7 +18,9 @@ fn default_lost_lock_cb_ends_the_process(db: &Db) {
         .spawn()
         .expect("spawn lock-helper");
     let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
     assert!(line.starts_with("acquired"), "helper said {line:?}");
     db.steal(&name, "thief");
     let deadline = Instant::now() + Duration::from_secs(30);

@@ -29,19 +29,34 @@ impl Db {
             Ok(url) if !url.is_empty() => url,
             _ => dir.path().join("locks.sqlite3").display().to_string(),
         };
-        Db { kind: BackendKind::Sqlite, url, _dir: Some(dir), drop_sql: None }
+        Db {
+            kind: BackendKind::Sqlite,
+            url,
+            _dir: Some(dir),
+            drop_sql: None,
+        }
     }
 
     pub fn postgres() -> Db {
         let url = env_url("PG_DATABASE_URL", PG_DEFAULT);
-        let db = Db { kind: BackendKind::Postgres, url, _dir: None, drop_sql: None };
+        let db = Db {
+            kind: BackendKind::Postgres,
+            url,
+            _dir: None,
+            drop_sql: None,
+        };
         db.check_reachable();
         db
     }
 
     pub fn mysql() -> Db {
         let url = env_url("MYSQL_DATABASE_URL", MYSQL_DEFAULT);
-        let db = Db { kind: BackendKind::Mysql, url, _dir: None, drop_sql: None };
+        let db = Db {
+            kind: BackendKind::Mysql,
+            url,
+            _dir: None,
+            drop_sql: None,
+        };
         db.check_reachable();
         db
     }
@@ -63,7 +78,11 @@ impl Db {
             }
             BackendKind::Mysql => {
                 self.exec(&format!("CREATE DATABASE {tag}"));
-                let base = self.url.rsplit_once('/').map(|(b, _)| b).unwrap_or(&self.url);
+                let base = self
+                    .url
+                    .rsplit_once('/')
+                    .map(|(b, _)| b)
+                    .unwrap_or(&self.url);
                 Db {
                     kind: self.kind,
                     url: format!("{base}/{tag}"),
@@ -85,13 +104,17 @@ impl Db {
 
     fn check_reachable(&self) {
         if let Err(e) = self.try_exec("SELECT 1") {
-            panic!("cannot reach the test database at {} ({e}); start it or set the URL variable", self.url);
+            panic!(
+                "cannot reach the test database at {} ({e}); start it or set the URL variable",
+                self.url
+            );
         }
     }
 
     /// Runs raw SQL on a fresh connection, panicking with the URL on failure.
     pub fn exec(&self, sql: &str) -> usize {
-        self.try_exec(sql).unwrap_or_else(|e| panic!("{sql} on {}: {e}", self.url))
+        self.try_exec(sql)
+            .unwrap_or_else(|e| panic!("{sql} on {}: {e}", self.url))
     }
 
     pub fn try_exec(&self, sql: &str) -> Result<usize, String> {
@@ -99,19 +122,30 @@ impl Db {
         match self.kind {
             #[cfg(feature = "sqlite")]
             BackendKind::Sqlite => {
-                let mut c = diesel::SqliteConnection::establish(&self.url).map_err(|e| e.to_string())?;
-                diesel::sql_query("PRAGMA busy_timeout = 5000").execute(&mut c).map_err(|e| e.to_string())?;
-                diesel::sql_query(sql).execute(&mut c).map_err(|e| e.to_string())
+                let mut c =
+                    diesel::SqliteConnection::establish(&self.url).map_err(|e| e.to_string())?;
+                diesel::sql_query("PRAGMA busy_timeout = 5000")
+                    .execute(&mut c)
+                    .map_err(|e| e.to_string())?;
+                diesel::sql_query(sql)
+                    .execute(&mut c)
+                    .map_err(|e| e.to_string())
             }
             #[cfg(feature = "postgres")]
             BackendKind::Postgres => {
-                let mut c = diesel::PgConnection::establish(&self.url).map_err(|e| e.to_string())?;
-                diesel::sql_query(sql).execute(&mut c).map_err(|e| e.to_string())
+                let mut c =
+                    diesel::PgConnection::establish(&self.url).map_err(|e| e.to_string())?;
+                diesel::sql_query(sql)
+                    .execute(&mut c)
+                    .map_err(|e| e.to_string())
             }
             #[cfg(feature = "mysql")]
             BackendKind::Mysql => {
-                let mut c = diesel::MysqlConnection::establish(&self.url).map_err(|e| e.to_string())?;
-                diesel::sql_query(sql).execute(&mut c).map_err(|e| e.to_string())
+                let mut c =
+                    diesel::MysqlConnection::establish(&self.url).map_err(|e| e.to_string())?;
+                diesel::sql_query(sql)
+                    .execute(&mut c)
+                    .map_err(|e| e.to_string())
             }
             #[allow(unreachable_patterns)]
             other => panic!("backend {other:?} is not compiled in"),
@@ -139,14 +173,22 @@ impl Db {
 impl Drop for Db {
     fn drop(&mut self) {
         if let Some((url, sql)) = self.drop_sql.take() {
-            let admin = Db { kind: self.kind, url, _dir: None, drop_sql: None };
+            let admin = Db {
+                kind: self.kind,
+                url,
+                _dir: None,
+                drop_sql: None,
+            };
             let _ = admin.try_exec(&sql);
         }
     }
 }
 
 fn env_url(var: &str, default: &str) -> String {
-    std::env::var(var).ok().filter(|v| !v.is_empty()).unwrap_or_else(|| default.to_owned())
+    std::env::var(var)
+        .ok()
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| default.to_owned())
 }
 
 fn unique_number() -> u32 {
@@ -160,7 +202,11 @@ pub fn unique_name(test: &str) -> String {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.subsec_nanos())
         .unwrap_or_default();
-    format!("test.{test}.{}.{nanos}.{}", std::process::id(), unique_number())
+    format!(
+        "test.{test}.{}.{nanos}.{}",
+        std::process::id(),
+        unique_number()
+    )
 }
 
 /// Polls `condition` until it holds or `limit` passes; returns whether it held.

@@ -19,7 +19,12 @@ fn secs(arg: &str) -> Duration {
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+    match args
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .as_slice()
+    {
         ["hold", url, name, ttl, renew, hold] => {
             let locks = Locks::new(Config::new(*url)).expect("handle");
             let guard = locks
