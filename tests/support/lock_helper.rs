@@ -1,20 +1,35 @@
-//! Test support, not part of the public API: takes a lock in a process of its own so
-//! tests can run, kill and observe real processes.
+//! Test support, not part of the public API: takes locks in a process of its own so
+//! tests can start many real processes, kill them and read what they saw.
 //!
 //! ```text
-//! lock-helper hold URL NAME TTL_SECS RENEW_SECS HOLD_SECS
+//! lock-helper hold URL NAME TTL RENEW HOLD        default lost_lock_cb (exits 75)
+//! lock-helper watch URL NAME TTL RENEW HOLD       prints `lost ...` instead of exiting
+//! lock-helper try URL NAME                        one attempt: exit 0 acquired, 3 held
+//! lock-helper cs URL NAME COUNT DIR               COUNT critical sections (see `sections`)
 //! ```
-//! Acquires NAME with the default `lost_lock_cb` (which ends the process), prints
-//! `acquired TOKEN`, holds for HOLD_SECS, prints `released` and exits 0.
+//! Times are seconds (fractions allowed). Lines on stdout: `acquired TOKEN`, `renewing`,
+//! `lost REASON`, `released`, `held HOLDER`.
 
+use std::fs::OpenOptions;
 use std::io::Write;
+use std::path::Path;
 use std::process::ExitCode;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use database_locks::{Config, Locks};
+use database_locks::{Config, Error, Locks};
 
 fn secs(arg: &str) -> Duration {
     Duration::from_secs_f64(arg.parse().unwrap_or_else(|_| panic!("not seconds: {arg}")))
+}
+
+fn say(line: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}
+
+fn handle(url: &str) -> Locks {
+    Locks::new(Config::new(url)).unwrap_or_else(|e| panic!("handle for {url}: {e}"))
 }
 
 fn main() -> ExitCode {
@@ -25,24 +40,126 @@ fn main() -> ExitCode {
         .collect::<Vec<_>>()
         .as_slice()
     {
-        ["hold", url, name, ttl, renew, hold] => {
-            let locks = Locks::new(Config::new(*url)).expect("handle");
-            let guard = locks
-                .lock(*name)
-                .lock_ttl(Some(secs(ttl)))
-                .lock_ttl_renew(secs(renew))
-                .acquire()
-                .expect("acquire");
-            println!("acquired {}", guard.token().unwrap_or_default());
-            let _ = std::io::stdout().flush();
-            std::thread::sleep(secs(hold));
-            guard.release().expect("release");
-            println!("released");
-            ExitCode::SUCCESS
+        ["hold", url, name, ttl, renew, hold] => hold(url, name, ttl, renew, hold, false),
+        ["watch", url, name, ttl, renew, hold] => hold(url, name, ttl, renew, hold, true),
+        ["try", url, name] => match handle(url).lock(*name).try_acquire() {
+            Ok(Some(guard)) => {
+                say(&format!("acquired {}", guard.token().unwrap_or_default()));
+                ExitCode::SUCCESS
+            }
+            Ok(None) => {
+                say("held");
+                ExitCode::from(3)
+            }
+            Err(err) => {
+                say(&format!("error {err}"));
+                ExitCode::from(1)
+            }
+        },
+        ["cs", url, name, count, dir] => {
+            sections(url, name, count.parse().expect("count"), Path::new(dir))
         }
         _ => {
-            eprintln!("usage: lock-helper hold URL NAME TTL_SECS RENEW_SECS HOLD_SECS");
+            eprintln!("usage: see the comment at the top of tests/support/lock_helper.rs");
             ExitCode::from(2)
         }
     }
+}
+
+fn hold(url: &str, name: &str, ttl: &str, renew: &str, hold: &str, watch: bool) -> ExitCode {
+    let mut builder = handle(url)
+        .lock(name)
+        .lock_ttl(Some(secs(ttl)))
+        .lock_ttl_renew(secs(renew));
+    if watch {
+        builder = builder.lost_lock_cb(|lost| say(&format!("lost {}", lost.reason)));
+    }
+    let guard = match builder.acquire() {
+        Ok(guard) => guard,
+        Err(err) => {
+            say(&format!("error {err}"));
+            return ExitCode::from(1);
+        }
+    };
+    say(&format!("acquired {}", guard.token().unwrap_or_default()));
+    std::thread::sleep(secs(hold));
+    let lost = guard.is_lost();
+    match guard.release() {
+        Ok(()) if !lost => {
+            say("released");
+            ExitCode::SUCCESS
+        }
+        Ok(()) => {
+            say("released after loss");
+            ExitCode::from(4)
+        }
+        Err(Error::Lost { reason, .. }) => {
+            say(&format!("release found the lock lost: {reason}"));
+            ExitCode::from(4)
+        }
+        Err(err) => {
+            say(&format!("error {err}"));
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn now_nanos() -> u128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default()
+}
+
+/// COUNT critical sections on NAME. Each creates `DIR/inside` with create_new (failing if
+/// another process is inside: an overlap), does a non-atomic read-modify-write of
+/// `DIR/counter` with a short random pause in between, removes the marker, and appends its
+/// enter and exit times to `DIR/intervals`. Prints `overlaps N` at the end.
+fn sections(url: &str, name: &str, count: u32, dir: &Path) -> ExitCode {
+    let locks = handle(url);
+    let (inside, counter, intervals) = (
+        dir.join("inside"),
+        dir.join("counter"),
+        dir.join("intervals"),
+    );
+    let mut seed = (std::process::id() as u64) ^ (now_nanos() as u64) | 1;
+    let mut overlaps = 0u32;
+    for _ in 0..count {
+        let guard = locks
+            .lock(name)
+            .retry(Some(Duration::from_millis(20)))
+            .timeout(Duration::from_secs(120))
+            .acquire()
+            .unwrap_or_else(|e| panic!("acquire: {e}"));
+        let entered = now_nanos();
+        if OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&inside)
+            .is_err()
+        {
+            overlaps += 1;
+        }
+        let value: u64 = std::fs::read_to_string(&counter)
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0);
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        std::thread::sleep(Duration::from_micros(seed % 2000));
+        std::fs::write(&counter, (value + 1).to_string()).expect("write counter");
+        let _ = std::fs::remove_file(&inside);
+        let left = now_nanos();
+        let mut log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&intervals)
+            .expect("intervals");
+        writeln!(log, "{entered} {left} {}", std::process::id()).expect("append interval");
+        drop(log);
+        guard.release().unwrap_or_else(|e| panic!("release: {e}"));
+    }
+    say(&format!("overlaps {overlaps}"));
+    ExitCode::SUCCESS
 }
