@@ -40,8 +40,8 @@ fn main() -> ExitCode {
         .collect::<Vec<_>>()
         .as_slice()
     {
-        ["hold", url, name, ttl, renew, hold] => hold(url, name, ttl, renew, hold, false),
-        ["watch", url, name, ttl, renew, hold] => hold(url, name, ttl, renew, hold, true),
+        ["hold", url, name, ttl, renew, secs_held] => hold(url, name, ttl, renew, secs_held, false),
+        ["watch", url, name, ttl, renew, secs_held] => hold(url, name, ttl, renew, secs_held, true),
         ["try", url, name] => match handle(url).lock(*name).try_acquire() {
             Ok(Some(guard)) => {
                 say(&format!("acquired {}", guard.token().unwrap_or_default()));
