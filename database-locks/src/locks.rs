@@ -135,6 +135,7 @@ impl Locks {
     /// Creates the table, or adds the `token` column to a table Django created. Safe to
     /// run from several processes at once; a no-op when the table is up to date.
     pub fn migrate(&self) -> Result<Migration> {
+        self.refuse_foreign_table().map_err(|e| e.error)?;
         let outcome = self.inner.store.migrate().map_err(|e| e.error)?;
         self.check_schema()?;
         *self.inner.ready.lock() = true;
@@ -205,6 +206,7 @@ impl Locks {
             return Ok(());
         }
         if self.settings().auto_migrate {
+            self.refuse_foreign_table()?;
             self.inner.store.migrate()?;
         }
         self.check_schema_op()?;
@@ -221,6 +223,24 @@ impl Locks {
         self.check_schema_op().map_err(|e| e.error)
     }
 
+    /// A table of that name that is not a lock table (missing Django's columns) is left
+    /// alone: no DDL runs on it.
+    fn refuse_foreign_table(&self) -> Result<(), OpError> {
+        let columns = self.inner.store.columns()?;
+        match missing_columns(&columns, &["name", "locked_by", "expires_at"]) {
+            missing if columns.is_empty() || missing.is_empty() => Ok(()),
+            missing => Err(OpError {
+                failure: Failure::Persistent,
+                error: Error::Schema {
+                    reason: format!(
+                        "missing column(s) {}; it is not a lock table",
+                        missing.join(", ")
+                    ),
+                },
+            }),
+        }
+    }
+
     fn check_schema_op(&self) -> Result<(), OpError> {
         let columns = self.inner.store.columns()?;
         let persistent = |error| OpError {
@@ -230,10 +250,7 @@ impl Locks {
         if columns.is_empty() {
             return Err(persistent(Error::MissingTable));
         }
-        let missing: Vec<_> = ["name", "locked_by", "expires_at", "token"]
-            .into_iter()
-            .filter(|c| !columns.iter().any(|have| have.eq_ignore_ascii_case(c)))
-            .collect();
+        let missing = missing_columns(&columns, &["name", "locked_by", "expires_at", "token"]);
         if missing.is_empty() {
             Ok(())
         } else if missing == ["token"] {
@@ -262,6 +279,13 @@ impl Locks {
     pub(crate) fn store(&self) -> &dyn Store {
         self.inner.store.as_ref()
     }
+}
+
+fn missing_columns(have: &[String], need: &[&'static str]) -> Vec<&'static str> {
+    need.iter()
+        .copied()
+        .filter(|c| !have.iter().any(|h| h.eq_ignore_ascii_case(c)))
+        .collect()
 }
 
 pub(crate) fn transient(err: &OpError) -> bool {

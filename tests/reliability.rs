@@ -1,0 +1,504 @@
+//! Proof under contention and faults, with real processes (the `lock-helper` binary)
+//! against real databases. Figures are printed (`cargo test --test reliability --
+//! --nocapture`) for docs/RELIABILITY.md; assertions are about outcomes, not speed.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Child, ChildStdout, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{unique_name, Db};
+use database_locks::{BackendKind, Config, Error, Locks};
+
+const HELPER: &str = env!("CARGO_BIN_EXE_lock-helper");
+
+fn helper(args: &[&str]) -> Command {
+    let mut command = Command::new(HELPER);
+    command
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    command
+}
+
+/// Lines a child prints, delivered through a channel so reads can time out.
+fn lines(stdout: ChildStdout) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+fn expect_line(rx: &mpsc::Receiver<String>, prefix: &str, within: Duration) -> String {
+    let deadline = Instant::now() + within;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) if line.starts_with(prefix) => return line,
+            Ok(_) => continue,
+            Err(_) => panic!("no line starting with {prefix:?} within {within:?}"),
+        }
+    }
+}
+
+fn wait_exit(child: &mut Child, within: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("lock-helper did not exit within {within:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Runs `procs` processes of `sections` critical sections each on one name and checks
+/// the shared counter, the markers and the enter/exit intervals.
+fn run_sections(db: &Db, procs: usize, sections: u32, label: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let name = unique_name(label);
+    let started = Instant::now();
+    let dir_arg = dir.path().display().to_string();
+    let count = sections.to_string();
+    let mut children: Vec<Child> = (0..procs)
+        .map(|_| {
+            helper(&["cs", &db.url, &name, &count, &dir_arg])
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let mut overlaps = 0u32;
+    for child in &mut children {
+        let mut out = String::new();
+        child
+            .stdout
+            .take()
+            .unwrap()
+            .read_to_string(&mut out)
+            .unwrap();
+        let status = wait_exit(child, Duration::from_secs(600));
+        assert!(status.success(), "a process failed: {status}");
+        let reported: u32 = out
+            .lines()
+            .find_map(|l| l.strip_prefix("overlaps "))
+            .expect("overlap count")
+            .parse()
+            .unwrap();
+        overlaps += reported;
+    }
+    let elapsed = started.elapsed();
+    let total = procs as u64 * u64::from(sections);
+    let counter: u64 = std::fs::read_to_string(dir.path().join("counter"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let overlapping = overlapping_intervals(&dir.path().join("intervals"));
+    println!(
+        "{label} [{:?}]: {procs} processes x {sections} sections: counter {counter}/{total}, \
+         marker overlaps {overlaps}, overlapping intervals {overlapping}, {:.1} s ({:.0} sections/s)",
+        db.kind,
+        elapsed.as_secs_f64(),
+        total as f64 / elapsed.as_secs_f64()
+    );
+    assert_eq!(overlaps, 0, "two processes were inside at once");
+    assert_eq!(overlapping, 0, "enter/exit intervals overlap");
+    assert_eq!(counter, total, "lost updates");
+}
+
+fn overlapping_intervals(path: &Path) -> usize {
+    let mut intervals: Vec<(u128, u128)> = std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let mut parts = l.split_whitespace().map(|p| p.parse::<u128>().unwrap());
+            (parts.next().unwrap(), parts.next().unwrap())
+        })
+        .collect();
+    intervals.sort();
+    intervals.windows(2).filter(|w| w[1].0 < w[0].1).count()
+}
+
+/// Scenario 1: 8 processes x 200 critical sections on one name.
+fn processes_exclude_each_other(db: &Db) {
+    run_sections(db, 8, 200, "mutex");
+}
+
+/// Scenario 2: a holder killed with SIGKILL is taken over once its lease runs out, not before.
+fn crashed_holder_is_taken_over_after_its_lease(db: &Db) {
+    let name = unique_name("crash");
+    let mut child = helper(&["hold", &db.url, &name, "2", "1", "60"])
+        .spawn()
+        .unwrap();
+    let rx = lines(child.stdout.take().unwrap());
+    expect_line(&rx, "acquired", Duration::from_secs(30));
+    let locks = db.locks();
+    child.kill().unwrap();
+    let killed = Instant::now();
+    child.wait().unwrap();
+    let left = locks.inspect(&name).unwrap().unwrap().expires_in.unwrap();
+    assert!(left > 0.0, "the lease was live when the holder died");
+    // While the dead holder's lease runs, nobody gets in.
+    let mut refused = 0;
+    while let Some(left) = locks.inspect(&name).unwrap().and_then(|r| r.expires_in) {
+        if left < 0.2 {
+            break;
+        }
+        assert!(
+            locks.lock(&name).try_acquire().unwrap().is_none(),
+            "taken with {left} s of lease left"
+        );
+        refused += 1;
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let guard = locks
+        .lock(&name)
+        .timeout(Duration::from_secs(30))
+        .acquire()
+        .unwrap();
+    let delay = killed.elapsed();
+    println!(
+        "crash [{:?}]: lease had {left:.3} s left at the kill; taken over after {:.3} s; {refused} attempts refused before",
+        db.kind,
+        delay.as_secs_f64()
+    );
+    assert!(
+        delay.as_secs_f64() + 0.05 >= left,
+        "taken over before the lease ended"
+    );
+    assert!(refused > 0);
+    guard.release().unwrap();
+}
+
+/// A TCP proxy the test can cut: existing connections are shut down and new ones are
+/// closed at once until it is restored.
+struct Proxy {
+    port: u16,
+    cut: Arc<AtomicBool>,
+    streams: Arc<Mutex<Vec<TcpStream>>>,
+}
+
+impl Proxy {
+    fn start(upstream: u16) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let cut = Arc::new(AtomicBool::new(false));
+        let streams = Arc::new(Mutex::new(Vec::new()));
+        let (c, s) = (Arc::clone(&cut), Arc::clone(&streams));
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { continue };
+                if c.load(Ordering::SeqCst) {
+                    let _ = client.shutdown(Shutdown::Both);
+                    continue;
+                }
+                let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)) else {
+                    continue;
+                };
+                let mut list = s.lock().unwrap();
+                list.push(client.try_clone().unwrap());
+                list.push(server.try_clone().unwrap());
+                drop(list);
+                pipe(client.try_clone().unwrap(), server.try_clone().unwrap());
+                pipe(server, client);
+            }
+        });
+        Proxy { port, cut, streams }
+    }
+
+    fn cut(&self) {
+        self.cut.store(true, Ordering::SeqCst);
+        for stream in self.streams.lock().unwrap().drain(..) {
+            let _ = stream.shutdown(Shutdown::Both);
+        }
+    }
+
+    fn restore(&self) {
+        self.cut.store(false, Ordering::SeqCst);
+    }
+
+    fn url(&self, db: &Db) -> String {
+        let (scheme, rest) = db.url.split_once("://").unwrap();
+        let (auth, path) = rest
+            .split_once('@')
+            .map(|(a, r)| (format!("{a}@"), r))
+            .unwrap_or((String::new(), rest));
+        let path = &path[path.find('/').unwrap()..];
+        format!("{scheme}://{auth}127.0.0.1:{}{path}", self.port)
+    }
+}
+
+fn pipe(mut from: TcpStream, mut to: TcpStream) {
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 16 * 1024];
+        loop {
+            match from.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if to.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+        let _ = to.shutdown(Shutdown::Both);
+    });
+}
+
+fn server_port(db: &Db) -> u16 {
+    let rest = db.url.split_once('@').map(|(_, r)| r).unwrap_or(&db.url);
+    let host_port = rest.split('/').next().unwrap();
+    host_port
+        .rsplit_once(':')
+        .map(|(_, p)| p.parse().unwrap())
+        .unwrap_or(match db.kind {
+            BackendKind::Postgres => 5432,
+            _ => 3306,
+        })
+}
+
+/// Scenario 4: the database unreachable for longer than the lease, then for less.
+fn outage_longer_than_the_lease_is_reported_before_expiry(db: &Db) {
+    let proxy = Proxy::start(server_port(db));
+    let name = unique_name("outage");
+    let mut child = helper(&["watch", &proxy.url(db), &name, "3", "1", "12"])
+        .spawn()
+        .unwrap();
+    let rx = lines(child.stdout.take().unwrap());
+    expect_line(&rx, "acquired", Duration::from_secs(30));
+    let locks = db.locks();
+    let first = locks.inspect(&name).unwrap().unwrap();
+    proxy.cut();
+    let lost = expect_line(&rx, "lost", Duration::from_secs(10));
+    // By the database's clock the lease is still running when the holder gives up.
+    let row = locks.inspect(&name).unwrap().unwrap();
+    let margin = row.expires_in.unwrap();
+    println!(
+        "outage [{:?}]: holder reported {lost:?} with {margin:.3} s of its lease left",
+        db.kind
+    );
+    assert!(margin > 0.0, "reported after the lease ran out");
+    assert_eq!(
+        row.token, first.token,
+        "nobody else got in during the outage"
+    );
+    // Once the lease is over another process takes the lock; the old holder never renews
+    // its way back in after the proxy returns.
+    let second = locks
+        .lock(&name)
+        .timeout(Duration::from_secs(30))
+        .acquire()
+        .unwrap();
+    proxy.restore();
+    let status = wait_exit(&mut child, Duration::from_secs(60));
+    assert_eq!(
+        status.code(),
+        Some(4),
+        "the holder knew it had lost the lock"
+    );
+    assert!(second.verify().unwrap(), "the second holder still holds it");
+    let row = locks.inspect(&name).unwrap().unwrap();
+    assert_eq!(row.token as u64, second.token().unwrap());
+    second.release().unwrap();
+}
+
+fn outage_shorter_than_the_lease_loses_nothing(db: &Db) {
+    let proxy = Proxy::start(server_port(db));
+    let name = unique_name("blip");
+    // Renewal every 3 s with 3 s of margin: a 1 s outage right after acquiring is waited out.
+    let mut child = helper(&["watch", &proxy.url(db), &name, "6", "3", "8"])
+        .spawn()
+        .unwrap();
+    let rx = lines(child.stdout.take().unwrap());
+    let acquired = expect_line(&rx, "acquired", Duration::from_secs(30));
+    proxy.cut();
+    std::thread::sleep(Duration::from_secs(1));
+    proxy.restore();
+    let locks = db.locks();
+    assert!(locks.lock(&name).try_acquire().unwrap().is_none());
+    let status = wait_exit(&mut child, Duration::from_secs(60));
+    let rest: Vec<String> = rx.try_iter().collect();
+    assert!(
+        status.success(),
+        "holder exited {status} after {acquired:?}, then {rest:?}"
+    );
+    assert!(!rest.iter().any(|l| l.starts_with("lost")), "{rest:?}");
+}
+
+/// Scenario 6: a process whose clock is an hour off cannot take a live lock.
+fn skewed_client_clock_cannot_steal(db: &Db) {
+    let offset = |shift: &str| {
+        let out = Command::new("faketime")
+            .args(["-f", shift, "date", "+%s"])
+            .output()
+            .expect(
+                "`faketime` is missing: install Debian's faketime package (scripts/setup does)",
+            );
+        let faked: i64 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+        let real = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
+        faked - real
+    };
+    assert!(
+        (offset("+1h") - 3600).abs() < 60,
+        "libfaketime shifts the clock"
+    );
+    let name = unique_name("skew");
+    let holder = db
+        .locks()
+        .lock(&name)
+        .lock_ttl(Some(Duration::from_secs(30)))
+        .acquire()
+        .unwrap();
+    for shift in ["+1h", "-1h"] {
+        let out = Command::new("faketime")
+            .args(["-f", shift, HELPER, "try", &db.url, &name])
+            .output()
+            .unwrap();
+        let said = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(3), "clock {shift}: {said}");
+    }
+    holder.release().unwrap();
+    // And a skewed holder's lease is judged by the database's clock too.
+    let mut child = Command::new("faketime")
+        .args(["-f", "-1h", HELPER, "hold", &db.url, &name, "30", "5", "60"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let rx = lines(child.stdout.take().unwrap());
+    expect_line(&rx, "acquired", Duration::from_secs(30));
+    let row = db.locks().inspect(&name).unwrap().unwrap();
+    assert!(
+        (25.0..=30.5).contains(&row.expires_in.unwrap()),
+        "expiry by the server clock: {row:?}"
+    );
+    assert!(db.locks().lock(&name).try_acquire().unwrap().is_none());
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+/// Scenario 8 (the parts beyond tests/lock.rs): unreachable hosts, wrong credentials and a
+/// wrong schema are typed errors, in bounded time, leaving the table as it was.
+fn bad_connections_and_schemas_are_typed_errors(db: &Db) {
+    let unreachable = match db.kind {
+        BackendKind::Postgres => "postgres://postgres@127.0.0.1:1/test",
+        _ => "mysql://root@127.0.0.1:1/test",
+    };
+    let started = Instant::now();
+    let locks =
+        Locks::new(Config::new(unreachable).connect_timeout(Duration::from_secs(2))).unwrap();
+    match locks.lock("x").acquire() {
+        Err(Error::Connect { url, .. }) => assert!(url.contains(":1/")),
+        other => panic!("unreachable host: {other:?}"),
+    }
+    println!(
+        "unreachable [{:?}]: error after {:.2} s",
+        db.kind,
+        started.elapsed().as_secs_f64()
+    );
+    assert!(started.elapsed() < Duration::from_secs(30), "no hang");
+
+    let wrong_user = match db.kind {
+        BackendKind::Postgres => db.url.replacen("postgres@", "no_such_user@", 1),
+        _ => db.url.replacen("root@", "root:wrong-password@", 1),
+    };
+    match Locks::new(Config::new(wrong_user.clone()))
+        .unwrap()
+        .lock("x")
+        .acquire()
+    {
+        Err(err @ Error::Connect { .. }) => {
+            assert!(!err.to_string().contains("wrong-password"), "{err}")
+        }
+        other => panic!("{wrong_user}: {other:?}"),
+    }
+
+    let isolated = db.isolated();
+    isolated.exec("CREATE TABLE database_locks_lock (id integer, label text)");
+    let locks = isolated.locks();
+    match locks.lock("x").acquire() {
+        Err(Error::Schema { reason }) => assert!(reason.contains("name"), "{reason}"),
+        other => panic!("wrong schema: {other:?}"),
+    }
+    assert!(matches!(locks.migrate(), Err(Error::Schema { .. })));
+    // No DDL ran: the table still has exactly its own two columns.
+    assert_eq!(
+        isolated.exec("UPDATE database_locks_lock SET label = label"),
+        0
+    );
+    assert!(
+        isolated
+            .try_exec("UPDATE database_locks_lock SET token = 0")
+            .is_err(),
+        "no token column was added"
+    );
+}
+
+/// Scenario 9: the table as Django's migration creates it, with rows as the seed writes
+/// them, shared by our processes.
+fn mixed_fleet_on_a_django_table(db: &Db) {
+    let isolated = db.isolated();
+    match db.kind {
+        BackendKind::Postgres => isolated.exec(r#"CREATE TABLE "database_locks_lock" ("id" integer NOT NULL PRIMARY KEY GENERATED BY DEFAULT AS IDENTITY, "name" varchar(255) NOT NULL UNIQUE, "locked_by" text NULL, "expires_at" timestamp with time zone NULL)"#),
+        BackendKind::Mysql => isolated.exec("CREATE TABLE `database_locks_lock` (`id` integer AUTO_INCREMENT NOT NULL PRIMARY KEY, `name` varchar(255) NOT NULL UNIQUE, `locked_by` longtext NULL, `expires_at` datetime(6) NULL)"),
+        _ => isolated.exec(r#"CREATE TABLE "database_locks_lock" ("id" integer NOT NULL PRIMARY KEY AUTOINCREMENT, "name" varchar(255) NOT NULL UNIQUE, "locked_by" text NULL, "expires_at" datetime NULL)"#),
+    };
+    isolated.exec(&format!(
+        "INSERT INTO database_locks_lock (name, locked_by, expires_at) VALUES ('seed.held', 'web-1.4242', {}), ('seed.expired', 'web-1.4243', {}), ('seed.released', 'web-1.4244', NULL)",
+        isolated.now_plus(300),
+        isolated.now_plus(-60)
+    ));
+    run_sections(&isolated, 4, 50, "django-fleet");
+    let locks = isolated.locks();
+    assert!(
+        locks.lock("seed.held").try_acquire().unwrap().is_none(),
+        "the seed's holder keeps its lock"
+    );
+    assert!(locks.lock("seed.expired").try_acquire().unwrap().is_some());
+    assert!(locks.lock("seed.released").try_acquire().unwrap().is_some());
+}
+
+on_each_backend!(
+    processes_exclude_each_other,
+    crashed_holder_is_taken_over_after_its_lease,
+    mixed_fleet_on_a_django_table
+);
+
+mod server {
+    //! Scenarios that need a database server and its clock.
+
+    macro_rules! on_each_server {
+        ($($test:ident),* $(,)?) => {
+            #[cfg(feature = "postgres")]
+            mod postgres {
+                $( #[test] fn $test() { super::super::$test(&crate::common::Db::postgres()) } )*
+            }
+            #[cfg(feature = "mysql")]
+            mod mysql {
+                $( #[test] fn $test() { super::super::$test(&crate::common::Db::mysql()) } )*
+            }
+        };
+    }
+
+    on_each_server!(
+        outage_longer_than_the_lease_is_reported_before_expiry,
+        outage_shorter_than_the_lease_loses_nothing,
+        skewed_client_clock_cannot_steal,
+        bad_connections_and_schemas_are_typed_errors,
+    );
+}
