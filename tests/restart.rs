@@ -1,0 +1,141 @@
+//! Scenario 5: a database server restart while a lock is held. The lock survives: it is a
+//! row, not a session-bound advisory lock. The servers are restarted for real, so the
+//! backends run one after the other inside a single test; cargo runs test binaries one at
+//! a time, so no other test sees the restart.
+
+mod common;
+
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{eventually, unique_name, Db};
+
+fn run(program: &str, args: &[&str]) {
+    let status = Command::new(program)
+        .args(args)
+        .status()
+        .unwrap_or_else(|e| panic!("{program}: {e}"));
+    assert!(status.success(), "{program} {args:?}: {status}");
+}
+
+fn restart_case(db: &Db, restart: fn()) {
+    let locks = db.locks();
+    let name = unique_name("restart");
+    let losses = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&losses);
+    // Renewal every 5 s, with up to 15 s to get through.
+    let guard = locks
+        .lock(&name)
+        .lock_ttl(Some(Duration::from_secs(20)))
+        .lock_ttl_renew(Duration::from_secs(15))
+        .lost_lock_cb(move |_| {
+            counted.fetch_add(1, Ordering::SeqCst);
+        })
+        .acquire()
+        .unwrap();
+    let started = Instant::now();
+    restart();
+    let restarted_in = started.elapsed();
+    let observer = db.locks();
+    let after = observer.inspect(&name).unwrap().unwrap();
+    assert_eq!(
+        after.token as u64,
+        guard.token().unwrap(),
+        "the row survived the restart"
+    );
+    // A renewal after the restart pushes the expiry further out.
+    let first_left = after.expires_in.unwrap();
+    assert!(
+        eventually(Duration::from_secs(30), || {
+            observer
+                .inspect(&name)
+                .unwrap()
+                .unwrap()
+                .expires_in
+                .unwrap()
+                > first_left + 1.0
+        }),
+        "renewed after the restart"
+    );
+    println!(
+        "restart [{:?}]: server back after {:.1} s; lock kept, renewed, token {}",
+        db.kind,
+        restarted_in.as_secs_f64(),
+        after.token
+    );
+    assert!(guard.verify().unwrap());
+    assert!(!guard.is_lost());
+    assert_eq!(losses.load(Ordering::SeqCst), 0);
+    assert!(observer.lock(&name).try_acquire().unwrap().is_none());
+    guard.release().unwrap();
+}
+
+#[cfg(feature = "postgres")]
+fn restart_postgres() {
+    let version = std::fs::read_dir("/etc/postgresql")
+        .expect("/etc/postgresql")
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .next()
+        .expect("a PostgreSQL cluster");
+    run(
+        "pg_ctlcluster",
+        &["--skip-systemctl-redirect", &version, "main", "restart"],
+    );
+    assert!(eventually(Duration::from_secs(60), || Command::new(
+        "pg_isready"
+    )
+    .args(["-q", "-h", "127.0.0.1", "-p", "5432"])
+    .status()
+    .is_ok_and(|s| s.success())));
+}
+
+#[cfg(feature = "mysql")]
+fn restart_mariadb() {
+    let ping = || {
+        Command::new("mysqladmin")
+            .args(["-h", "127.0.0.1", "-u", "root", "ping"])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    run("mysqladmin", &["-h", "127.0.0.1", "-u", "root", "shutdown"]);
+    assert!(
+        eventually(Duration::from_secs(60), || !ping()),
+        "MariaDB stopped"
+    );
+    // `mysqladmin shutdown` returns before the old server has let go of its files.
+    assert!(eventually(Duration::from_secs(60), || !Command::new(
+        "pgrep"
+    )
+    .args(["-x", "mariadbd"])
+    .status()
+    .is_ok_and(|s| s.success())));
+    std::fs::create_dir_all("/run/mysqld").unwrap();
+    run("chown", &["mysql:mysql", "/run/mysqld"]);
+    run(
+        "start-stop-daemon",
+        &[
+            "--start",
+            "--oknodo",
+            "--background",
+            "--exec",
+            "/usr/sbin/mariadbd",
+            "--",
+            "--user=mysql",
+        ],
+    );
+    assert!(
+        eventually(Duration::from_secs(60), ping),
+        "MariaDB came back"
+    );
+}
+
+#[test]
+fn database_restart_keeps_the_lock() {
+    #[cfg(feature = "postgres")]
+    restart_case(&Db::postgres(), restart_postgres);
+    #[cfg(feature = "mysql")]
+    restart_case(&Db::mysql(), restart_mariadb);
+}
