@@ -345,3 +345,43 @@ impl<R> Panic<R> {
 pub trait CarriesLockError<R> {}
 
 impl<R> CarriesLockError<R> for ReturnErr<R> {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn method_names_use_the_types_own_name() {
+        let name = |type_name| method_lock_name("app::jobs", type_name, "flush");
+        assert_eq!(name("app::mail::Mailer"), "app::jobs::Mailer::flush");
+        assert_eq!(name("app::W<alloc::vec::Vec<u8>>"), "app::jobs::W::flush");
+        assert_eq!(name("app::m::P<'_>"), "app::jobs::P::flush");
+        assert_eq!(name("&app::Mailer"), "app::jobs::Mailer::flush");
+        assert_eq!(name("dyn app::Job"), "app::jobs::Job::flush");
+        assert_eq!(name("(u8, u16)"), "app::jobs::(u8, u16)::flush");
+    }
+
+    #[test]
+    fn durations_from_numbers() {
+        assert_eq!(30.seconds(), Ok(Duration::from_secs(30)));
+        assert_eq!(0.5.seconds(), Ok(Duration::from_millis(500)));
+        assert_eq!(
+            Duration::from_millis(7).seconds(),
+            Ok(Duration::from_millis(7))
+        );
+        assert!((-1).seconds().unwrap_err().contains("-1"));
+        assert!((-0.5).seconds().is_err());
+        assert!(f64::NAN.seconds().is_err());
+        assert!(f64::INFINITY.seconds().is_err());
+        assert_eq!(None::<u8>.maybe_seconds(), Ok(None));
+        assert_eq!(Some(2u64).maybe_seconds(), Ok(Some(Duration::from_secs(2))));
+        assert!(Some(-2).maybe_seconds().is_err());
+    }
+
+    #[test]
+    fn owners_may_be_absent() {
+        assert_eq!("w".owner(), Some("w".to_owned()));
+        assert_eq!(None::<&str>.owner(), None);
+        assert_eq!(Some(String::from("w")).owner(), Some("w".to_owned()));
+    }
+}
