@@ -344,6 +344,29 @@ fn excludes_a_concurrent_caller(db: &Db) {
     assert_eq!(exclusive::try_once_plain(), "entered");
 }
 
+mod nested {
+    use super::*;
+
+    #[locked("macros-nested")]
+    pub fn outer() -> Result<Error, TaskError> {
+        Ok(lock_error(inner()))
+    }
+
+    #[locked("macros-nested")]
+    pub fn inner() -> Result<(), TaskError> {
+        Ok(())
+    }
+}
+
+/// A `#[locked]` fn calling another of the same lock on the same thread fails at once
+/// instead of waiting for itself for ever.
+fn nested_call_of_the_same_lock_fails_fast(db: &Db) {
+    let _global = Global::on(db);
+    let error = nested::outer().unwrap();
+    assert!(matches!(error, Error::WouldDeadlock { .. }), "{error:?}");
+    nested::inner().unwrap();
+}
+
 struct Counter {
     value: AtomicU64,
     inside: AtomicBool,
@@ -703,6 +726,7 @@ on_each_backend!(
     default_names,
     methods_of_different_types_do_not_collide,
     excludes_a_concurrent_caller,
+    nested_call_of_the_same_lock_fails_fast,
     threads_take_turns,
     config_is_read_at_each_call,
     bad_runtime_values_fail_like_the_lock,
