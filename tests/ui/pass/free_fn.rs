@@ -88,6 +88,24 @@ fn never() -> ! {
 #[locked]
 fn r#type() {}
 
+/// Inner attributes stay at the top of the body.
+#[locked]
+fn inner_attribute() -> u32 {
+    #![allow(clippy::let_and_return)]
+    let value = 1;
+    value
+}
+
+/// Items declared in the body stay visible in it.
+#[locked]
+fn nested_items() -> u32 {
+    const BASE: u32 = 40;
+    fn two() -> u32 {
+        2
+    }
+    BASE + two()
+}
+
 fn main() {
     let _ = (
         nightly_report,
@@ -99,4 +117,5 @@ fn main() {
     );
     let _ = (sync, report);
     let _ = (unsafe_fn as unsafe fn(), never as fn() -> !, r#type);
+    let _ = (inner_attribute, nested_items);
 }
