@@ -129,7 +129,9 @@ fn assign<K: Parse + Spanned>(
 fn reject_duplicate<T>(slot: &Option<Setting<T>>, key: Span, key_name: &str) -> syn::Result<()> {
     if slot.is_some() {
         let what = if key_name == "name" {
-            "the lock name is given twice (a leading string literal and `name = ...` are the same argument)".to_owned()
+            "the lock name is given twice (a leading string literal and `name = ...` are the \
+             same argument)"
+                .to_owned()
         } else {
             format!("duplicate argument `{key_name}`")
         };

@@ -35,21 +35,32 @@ fn try_locked(args: TokenStream, item: TokenStream) -> syn::Result<TokenStream> 
             Ok(function.into_token_stream())
         }
         Item::Impl(imp) => expand_impl(args, imp),
-        Item::Struct(syn::ItemStruct { struct_token, ident, .. }) => Err(syn::Error::new_spanned(
+        Item::Struct(syn::ItemStruct {
+            struct_token,
+            ident,
+            ..
+        }) => Err(syn::Error::new_spanned(
             quote!(#struct_token #ident),
             unsupported_type("a struct", &ident),
         )),
-        Item::Enum(syn::ItemEnum { enum_token, ident, .. }) => Err(syn::Error::new_spanned(
+        Item::Enum(syn::ItemEnum {
+            enum_token, ident, ..
+        }) => Err(syn::Error::new_spanned(
             quote!(#enum_token #ident),
             unsupported_type("an enum", &ident),
         )),
-        Item::Union(syn::ItemUnion { union_token, ident, .. }) => Err(syn::Error::new_spanned(
+        Item::Union(syn::ItemUnion {
+            union_token, ident, ..
+        }) => Err(syn::Error::new_spanned(
             quote!(#union_token #ident),
             unsupported_type("a union", &ident),
         )),
-        Item::Trait(syn::ItemTrait { trait_token, ident, .. }) => Err(syn::Error::new_spanned(
+        Item::Trait(syn::ItemTrait {
+            trait_token, ident, ..
+        }) => Err(syn::Error::new_spanned(
             quote!(#trait_token #ident),
-            "`#[locked]` cannot go on a trait; put it on the default methods that should run under the lock",
+            "`#[locked]` cannot go on a trait; put it on the default methods that should run \
+             under the lock",
         )),
         // A fn without a body, e.g. a method declared in a trait.
         Item::Verbatim(tokens) if syn::parse2::<TraitItemFn>(tokens.clone()).is_ok() => {
@@ -94,8 +105,9 @@ fn expand_impl(args: Args, mut imp: ItemImpl) -> syn::Result<TokenStream> {
                 return Err(syn::Error::new_spanned(
                     quote!(#bang #path),
                     format!(
-                        "`#[locked]` on an impl block supports `impl Command for T` (it wraps `handle`) \
-                         and inherent impls; for a method of `{}`, put `#[locked]` on the method itself",
+                        "`#[locked]` on an impl block supports `impl Command for T` (it wraps \
+                         `handle`) and inherent impls; for a method of `{}`, put `#[locked]` on \
+                         the method itself",
                         path.to_token_stream().to_string().replace(' ', ""),
                     ),
                 ));
@@ -163,12 +175,13 @@ fn expand_impl(args: Args, mut imp: ItemImpl) -> syn::Result<TokenStream> {
         push(
             &mut errors,
             syn::Error::new_spanned(
-            quote!(#impl_token #self_ty),
-            format!(
-                "`#[locked]` on `impl {type_ident}` names the #[locked] fns inside it, but none has \
-                 `#[locked]`; put it on the fns that should run under the lock"
+                quote!(#impl_token #self_ty),
+                format!(
+                    "`#[locked]` on `impl {type_ident}` names the #[locked] fns inside it, but \
+                     none has `#[locked]`; put it on the fns that should run under the lock"
+                ),
             ),
-        ));
+        );
     }
     match errors {
         Some(errors) => Err(errors),
@@ -390,9 +403,9 @@ fn duration_value(key: &str, setting: &Setting<Expr>, none: NoneMeans) -> syn::R
     let value = &setting.value;
     if is_none(value) {
         return match none {
-            NoneMeans::Allowed => Ok(
-                quote_spanned!(value.span()=> ::core::option::Option::None::<::core::time::Duration>),
-            ),
+            NoneMeans::Allowed => Ok(quote!(
+                ::core::option::Option::None::<::core::time::Duration>
+            )),
             NoneMeans::Refused(hint) => Err(syn::Error::new_spanned(
                 value,
                 format!("`{key}` cannot be `None`; {hint}"),
