@@ -152,5 +152,13 @@ impl Error {
     }
 }
 
+/// Lets a function returning `std::io::Result` use `?` on lock errors (and `#[locked]`
+/// hand them back through such a function).
+impl From<Error> for std::io::Error {
+    fn from(error: Error) -> Self {
+        std::io::Error::other(error)
+    }
+}
+
 /// The crate's result type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -398,6 +398,11 @@ impl Locks {
     }
 }
 
+// Nothing a panic can interrupt leaves a handle inconsistent: its mutexes do not poison
+// and every guard releases on unwind.
+impl std::panic::UnwindSafe for Locks {}
+impl std::panic::RefUnwindSafe for Locks {}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -435,8 +440,3 @@ mod tests {
         assert!(a.contains(&format!(".{}.", std::process::id())), "{a}");
     }
 }
-
-// Nothing a panic can interrupt leaves a handle inconsistent: its mutexes do not poison
-// and every guard releases on unwind.
-impl std::panic::UnwindSafe for Locks {}
-impl std::panic::RefUnwindSafe for Locks {}
