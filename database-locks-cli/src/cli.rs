@@ -1,0 +1,232 @@
+//! The command line.
+
+use std::ffi::OsString;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Run commands under a lock stored in your database, and see, clear or create the locks.
+///
+/// The database is --url, else $DATABASE_LOCKS_URL, else $DATABASE_URL, else the SQLite file
+/// ./database_locks.sqlite3. The library's other variables apply too:
+/// DATABASE_LOCKS_DEFAULT_TTL, DATABASE_LOCKS_DEFAULT_TTL_RENEW, DATABASE_LOCKS_STATUS_FILE
+/// and DATABASE_LOCKS_ENABLED.
+#[derive(Debug, Parser)]
+#[command(name = "database-locks", version, after_help = crate::exit::HELP)]
+pub struct Cli {
+    /// The lock database: postgres://..., mysql://..., sqlite://FILE or a file path
+    #[arg(long, global = true, value_name = "URL", value_parser = non_empty)]
+    pub url: Option<String>,
+
+    /// Give up connecting to the database after this many seconds
+    #[arg(long, global = true, value_name = "S", default_value = "10", value_parser = seconds)]
+    pub connect_timeout: Duration,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Take the lock, run COMMAND while holding it, release it when COMMAND exits
+    ///
+    /// Exits with COMMAND's status. The lease is renewed while COMMAND runs. If the lock is
+    /// lost anyway (another owner took it, or the database was unreachable for the whole
+    /// lease), COMMAND gets SIGTERM, then SIGKILL after --kill-after, and the tool exits
+    /// with 75. SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1 and SIGUSR2 are passed on to
+    /// COMMAND. COMMAND gets DATABASE_LOCKS_NAME, DATABASE_LOCKS_OWNER and
+    /// DATABASE_LOCKS_TOKEN (the fencing token) in its environment.
+    #[command(after_help = crate::exit::HELP)]
+    Run(RunArgs),
+
+    /// Every lock: name, state (held, expired, released), owner, time left, token
+    List(ListArgs),
+
+    /// Whether a lock is held: exit 0 held, 1 free, 2 error; prints the owner and time left
+    Status(StatusArgs),
+
+    /// Take the lock, hold it for --duration seconds, release it (the seed's db_lock_it)
+    #[command(after_help = crate::exit::HELP)]
+    Hold(HoldArgs),
+
+    /// Release a lock: any holder's with --force, or only --owner's
+    ///
+    /// --force clears the lease whoever holds it; a live holder finds out at its next
+    /// renewal and stops. --owner ID releases the lock only if ID holds it (it re-takes
+    /// the lock as ID, which makes any process still holding it as ID lose it, then
+    /// releases it). Exits 0 when a lock was released, 1 when there was none to release.
+    Release(ReleaseArgs),
+
+    /// Create the lock table, or add the `token` column to a table Django created
+    Migrate,
+}
+
+/// How to take a lock: shared by `run` and `hold`.
+#[derive(Debug, Args)]
+pub struct LockArgs {
+    /// The lock's name (1 to 255 characters)
+    pub name: String,
+
+    /// Give up after waiting this many seconds and exit 124 [default: wait for ever]
+    #[arg(long, value_name = "S", value_parser = positive_seconds)]
+    pub timeout: Option<Duration>,
+
+    /// One attempt: if another owner holds the lock, exit 124 at once
+    #[arg(long = "try", conflicts_with = "timeout")]
+    pub try_once: bool,
+
+    /// Lease length in seconds, renewed while held; `none`: never expires
+    /// [default: $DATABASE_LOCKS_DEFAULT_TTL, else 10]
+    #[arg(long, value_name = "S|none", value_parser = ttl)]
+    pub ttl: Option<Ttl>,
+
+    /// Owner id written into the lock; a holder with the same id takes the lock over
+    /// [default: unique per acquisition]
+    #[arg(long, short, value_name = "ID", value_parser = non_empty)]
+    pub owner: Option<String>,
+
+    /// Keep the lock at least this many seconds after taking it, even if done sooner, so a
+    /// quick job scheduled on several hosts runs once per schedule
+    #[arg(long, value_name = "S", value_parser = seconds)]
+    pub at_least: Option<Duration>,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub lock: LockArgs,
+
+    /// After a lost lock, seconds between SIGTERM and SIGKILL to COMMAND
+    #[arg(long, value_name = "S", default_value = "5", value_parser = seconds)]
+    pub kill_after: Duration,
+
+    /// The command to run and its arguments (after `--` if they start with `-`)
+    #[arg(required = true, trailing_var_arg = true, value_name = "COMMAND")]
+    pub command: Vec<OsString>,
+}
+
+#[derive(Debug, Args)]
+pub struct HoldArgs {
+    #[command(flatten)]
+    pub lock: LockArgs,
+
+    /// How long to hold the lock, in seconds
+    #[arg(long, short, value_name = "S", default_value = "10", value_parser = seconds)]
+    pub duration: Duration,
+}
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// JSON for scripts: {"locks": [{"name", "state", "locked_by", "expires_in", "token"}]}
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// The lock's name
+    pub name: String,
+}
+
+#[derive(Debug, Args)]
+pub struct ReleaseArgs {
+    /// The lock's name
+    pub name: String,
+
+    /// Release the lock whoever holds it
+    #[arg(long, required_unless_present = "owner", conflicts_with = "owner")]
+    pub force: bool,
+
+    /// Release the lock only if this owner id holds it
+    #[arg(long, value_name = "ID", value_parser = non_empty)]
+    pub owner: Option<String>,
+}
+
+/// A lease length: `None` never expires.
+#[derive(Debug, Clone, Copy)]
+pub struct Ttl(pub Option<Duration>);
+
+fn non_empty(value: &str) -> Result<String, String> {
+    if value.is_empty() {
+        Err("must not be empty".into())
+    } else {
+        Ok(value.to_owned())
+    }
+}
+
+fn seconds(value: &str) -> Result<Duration, String> {
+    let secs: f64 = value
+        .trim()
+        .parse()
+        .map_err(|_| format!("{value:?} is not a number of seconds"))?;
+    if secs.is_nan() || secs < 0.0 {
+        return Err(format!("{value:?} is not a non-negative number of seconds"));
+    }
+    Duration::try_from_secs_f64(secs).map_err(|_| format!("{value:?} is too large"))
+}
+
+fn positive_seconds(value: &str) -> Result<Duration, String> {
+    let duration = seconds(value)?;
+    if duration.is_zero() {
+        return Err("must be positive (use --try for a single attempt)".into());
+    }
+    Ok(duration)
+}
+
+fn ttl(value: &str) -> Result<Ttl, String> {
+    if value.trim().eq_ignore_ascii_case("none") {
+        return Ok(Ttl(None));
+    }
+    let duration = seconds(value)?;
+    if duration.is_zero() {
+        return Err("must be positive, or `none` for no expiry".into());
+    }
+    Ok(Ttl(Some(duration)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn run_takes_the_command_with_or_without_a_separator() {
+        for line in [
+            &["database-locks", "run", "job", "--", "sh", "-c", "exit 3"][..],
+            &["database-locks", "run", "job", "sh", "-c", "exit 3"][..],
+        ] {
+            let cli = Cli::try_parse_from(line).unwrap();
+            let Command::Run(args) = cli.command else {
+                panic!("{line:?}")
+            };
+            assert_eq!(args.lock.name, "job");
+            assert_eq!(args.command, ["sh", "-c", "exit 3"]);
+        }
+    }
+
+    #[test]
+    fn seconds_parse_and_reject() {
+        assert_eq!(seconds("1.5").unwrap(), Duration::from_millis(1500));
+        assert!(seconds("-1").is_err());
+        assert!(seconds("NaN").is_err());
+        assert!(seconds("soon").is_err());
+        assert!(positive_seconds("0").is_err());
+        assert!(ttl("none").unwrap().0.is_none());
+        assert!(ttl("0").is_err());
+    }
+
+    #[test]
+    fn release_needs_force_or_owner() {
+        assert!(Cli::try_parse_from(["database-locks", "release", "x"]).is_err());
+        assert!(
+            Cli::try_parse_from(["database-locks", "release", "x", "--force", "--owner", "o"])
+                .is_err()
+        );
+        assert!(Cli::try_parse_from(["database-locks", "release", "x", "--force"]).is_ok());
+    }
+}

@@ -1,0 +1,159 @@
+//! `database-locks`: run a command under a lock held in your database, and see, clear or
+//! create the locks. The locks are the rows of the `database_locks_lock` table that the
+//! `database-locks` crate and django-database-locks use, so this command, Rust programs and
+//! Django processes all exclude each other.
+//!
+//! ```text
+//! database-locks run nightly-report --try -- ./report.sh   # cron on five hosts: runs once
+//! database-locks list                                      # who holds what
+//! database-locks status nightly-report                     # exit 0 held, 1 free, 2 error
+//! database-locks release nightly-report --force            # clear a stuck lock
+//! ```
+#![warn(missing_debug_implementations, rust_2018_idioms)]
+
+#[cfg(not(unix))]
+compile_error!("the database-locks command supervises child processes with Unix signals; it builds on Unix only");
+
+mod admin;
+mod child;
+mod cli;
+mod exit;
+mod format;
+mod session;
+mod signals;
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use database_locks::{Config, Error, Locks};
+
+use crate::cli::{Cli, Command};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // Read the environment before any thread starts (see `load_config`).
+    let config = load_config(cli.url.as_deref(), cli.connect_timeout);
+    let (outcome, error_status) = match cli.command {
+        Command::Run(args) => (config.and_then(|c| session::run(c, args)), exit::RUN_ERROR),
+        Command::Hold(args) => (config.and_then(|c| session::hold(c, args)), exit::ERROR),
+        Command::List(args) => (config.and_then(|c| admin::list(c, args)), exit::ERROR),
+        Command::Status(args) => (config.and_then(|c| admin::status(c, args)), exit::ERROR),
+        Command::Release(args) => (config.and_then(|c| admin::release(c, args)), exit::ERROR),
+        Command::Migrate => (config.and_then(admin::migrate), exit::ERROR),
+    };
+    match outcome {
+        Ok(status) => ExitCode::from(status),
+        Err(failure) => {
+            eprintln!("database-locks: {}", one_line(&failure.message));
+            ExitCode::from(failure.status.unwrap_or(error_status))
+        }
+    }
+}
+
+/// A failure of the tool itself: the one line it prints, and the exit status when it is not
+/// the command's usual error status.
+#[derive(Debug)]
+pub struct Failure {
+    pub message: String,
+    pub status: Option<u8>,
+}
+
+impl Failure {
+    pub fn with_status(status: u8, message: impl Into<String>) -> Self {
+        Failure {
+            message: message.into(),
+            status: Some(status),
+        }
+    }
+}
+
+impl From<Error> for Failure {
+    fn from(err: Error) -> Self {
+        // The library's advice names its API; say what to do with this tool instead.
+        let message = match err {
+            Error::MissingTable => "the lock table database_locks_lock does not exist in this \
+                database; create it with `database-locks migrate` (or check --url)"
+                .to_owned(),
+            Error::Schema { reason } => format!(
+                "the table database_locks_lock has the wrong schema: {}",
+                reason.replace(
+                    "run `migrate()` or enable auto_migrate",
+                    "run `database-locks migrate`"
+                )
+            ),
+            other => other.to_string(),
+        };
+        Failure::from(message)
+    }
+}
+
+impl From<String> for Failure {
+    fn from(message: String) -> Self {
+        Failure {
+            message,
+            status: None,
+        }
+    }
+}
+
+/// Exit status or failure.
+pub type Outcome = Result<u8, Failure>;
+
+/// The library's configuration from the environment, with the URL from `--url` when given.
+///
+/// `Config::from_env` reads the URL from the environment only, so `--url` is lent to it as
+/// `DATABASE_LOCKS_URL` for the call and the variable restored at once: the command run by
+/// `run` sees the environment the tool was given. This runs before any other thread starts.
+fn load_config(url: Option<&str>, connect_timeout: Duration) -> Result<Config, Failure> {
+    const VAR: &str = "DATABASE_LOCKS_URL";
+    let config = match url {
+        None => Config::from_env(),
+        Some(url) => {
+            let saved = std::env::var_os(VAR);
+            std::env::set_var(VAR, url);
+            let config = Config::from_env();
+            match saved {
+                Some(value) => std::env::set_var(VAR, value),
+                None => std::env::remove_var(VAR),
+            }
+            config.map_err(|err| match err {
+                Error::Config { variable, reason } if variable == VAR => Error::Config {
+                    variable: "--url".into(),
+                    reason,
+                },
+                other => other,
+            })
+        }
+    };
+    Ok(config?.connect_timeout(connect_timeout))
+}
+
+/// A handle for the administrative commands: they never lock, never create the table, and
+/// work whatever `DATABASE_LOCKS_ENABLED` says.
+fn admin_locks(config: Config) -> Result<Locks, Failure> {
+    Ok(Locks::new(config.enabled(true).auto_migrate(false))?)
+}
+
+/// Driver messages can span lines (libpq's "Is the server running..."): one line each.
+fn one_line(message: &str) -> String {
+    message
+        .lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_become_one_line() {
+        assert_eq!(
+            one_line("connection refused\n\tIs the server running on host \"x\"?\n"),
+            "connection refused Is the server running on host \"x\"?"
+        );
+    }
+}
