@@ -1,0 +1,364 @@
+//! End-to-end: the built `database-locks` binary against each backend.
+//!
+//! Every wait polls for a condition with a deadline (`eventually`, `Running::finish`);
+//! nothing asserts how long anything took.
+#![cfg(unix)]
+
+mod common;
+
+use common::{eventually, process_ended, read_pid, unique_name, Db, Kind};
+
+const BUSY: i32 = 124;
+const LOST: i32 = 75;
+const SIGTERM_STATUS: i32 = 128 + libc::SIGTERM;
+
+on_each_backend!(
+    two_runs_take_turns,
+    try_exits_busy_while_held,
+    sigterm_releases_the_lock_and_ends_the_command,
+    list_json_matches_what_is_held,
+    status_exit_codes,
+    force_release_lets_a_waiter_in,
+    release_by_owner,
+    a_lost_lock_stops_the_command,
+    run_exit_statuses_and_environment,
+    at_least_keeps_the_lock_after_the_command,
+    migrate_says_what_it_did,
+);
+
+/// Two `run`s started together: one command runs, the other waits (each tool's status
+/// file shows it: 2 held, 1 acquiring), and the commands' enter/exit lines never interleave.
+fn two_runs_take_turns(db: &Db) {
+    let name = unique_name("turns");
+    let log = db.path("log");
+    let go = db.path("go");
+    let script = format!(
+        "echo enter $$ >> '{log}'; while [ ! -e '{go}' ]; do sleep 0.02; done; echo exit $$ >> '{log}'",
+        log = log.display(),
+        go = go.display()
+    );
+    let status_files = [db.path("a.status"), db.path("b.status")];
+    let tools: Vec<_> = status_files
+        .iter()
+        .map(|file| {
+            db.spawn_with(&["run", &name, "--", "sh", "-c", &script], |cmd| {
+                cmd.env("DATABASE_LOCKS_STATUS_FILE", file);
+            })
+        })
+        .collect();
+    let read = |i: usize| std::fs::read_to_string(&status_files[i]).unwrap_or_default();
+    assert!(
+        eventually(|| {
+            let (a, b) = (read(0), read(1));
+            (a.trim() == "2" && b.trim() == "1") || (a.trim() == "1" && b.trim() == "2")
+        }),
+        "the two tools never contended: status files {:?} {:?}",
+        read(0),
+        read(1)
+    );
+    std::fs::write(&go, "").expect("go file");
+    for tool in tools {
+        tool.finish().expect(0);
+    }
+    let lines = std::fs::read_to_string(&log).expect("log");
+    let lines: Vec<(&str, &str)> = lines
+        .lines()
+        .map(|l| l.split_once(' ').expect("marker line"))
+        .collect();
+    assert_eq!(lines.len(), 4, "{lines:?}");
+    assert_eq!(
+        [lines[0].0, lines[1].0, lines[2].0, lines[3].0],
+        ["enter", "exit", "enter", "exit"],
+        "interleaved: {lines:?}"
+    );
+    assert_eq!(lines[0].1, lines[1].1, "{lines:?}");
+    assert_eq!(lines[2].1, lines[3].1, "{lines:?}");
+    assert_ne!(lines[0].1, lines[2].1, "{lines:?}");
+}
+
+fn try_exits_busy_while_held(db: &Db) {
+    let name = unique_name("try");
+    let holder = db.spawn(&["hold", &name, "--duration", "600"]);
+    db.wait_held(&name);
+    let marker = db.path("ran");
+    let touch = format!("touch '{}'", marker.display());
+    db.run(&["run", "--try", &name, "--", "sh", "-c", &touch])
+        .expect(BUSY);
+    assert!(!marker.exists(), "the command ran while the lock was held");
+    db.run(&["hold", "--try", &name, "--duration", "0"])
+        .expect(BUSY);
+    db.run(&["run", "--timeout", "0.5", &name, "--", "sh", "-c", &touch])
+        .expect(BUSY);
+    assert!(!marker.exists(), "the command ran while the lock was held");
+
+    holder.signal(libc::SIGTERM);
+    holder.finish().expect(SIGTERM_STATUS);
+    db.run(&["run", "--try", &name, "--", "sh", "-c", &touch])
+        .expect(0);
+    assert!(marker.exists());
+}
+
+/// SIGTERM to the tool reaches the command's whole process group (here a shell and the
+/// `sleep` it started), and the lock is released.
+fn sigterm_releases_the_lock_and_ends_the_command(db: &Db) {
+    let name = unique_name("sigterm");
+    let pid_file = db.path("sleep.pid");
+    let script = format!("sleep 600 & echo $! > '{}'; wait", pid_file.display());
+    let tool = db.spawn(&["run", &name, "--", "sh", "-c", &script]);
+    let sleep_pid = read_pid(&pid_file);
+    assert_eq!(db.status_code(&name), 0);
+
+    tool.signal(libc::SIGTERM);
+    let done = tool.finish().expect(SIGTERM_STATUS);
+    assert!(
+        eventually(|| process_ended(sleep_pid)),
+        "the command's child {sleep_pid} survived: {done:#?}"
+    );
+    let status = db.run(&["status", &name]).expect(1);
+    assert!(status.stdout.contains("released"), "{status:#?}");
+}
+
+fn list_json_matches_what_is_held(db: &Db) {
+    let held = unique_name("list-held");
+    let forever = unique_name("list-forever");
+    let released = unique_name("list-released");
+    let (owner_a, owner_b) = (format!("{held}.owner"), format!("{forever}.owner"));
+    db.run(&["run", &released, "--", "true"]).expect(0);
+    let holder_a = db.spawn(&["hold", &held, "--owner", &owner_a, "--duration", "600"]);
+    let holder_b = db.spawn(&[
+        "hold",
+        &forever,
+        "--owner",
+        &owner_b,
+        "--ttl",
+        "none",
+        "--duration",
+        "600",
+    ]);
+    db.wait_held(&held);
+    db.wait_held(&forever);
+
+    let list = db.run(&["list", "--json"]).expect(0);
+    let json: serde_json::Value = serde_json::from_str(&list.stdout)
+        .unwrap_or_else(|e| panic!("list --json is not JSON ({e}): {}", list.stdout));
+    let locks = json["locks"].as_array().expect("a `locks` array");
+    let find = |name: &str| {
+        locks
+            .iter()
+            .find(|l| l["name"] == name)
+            .unwrap_or_else(|| panic!("{name} not listed: {}", list.stdout))
+    };
+
+    let a = find(&held);
+    assert_eq!(a["state"], "held");
+    assert_eq!(a["locked_by"], owner_a.as_str());
+    assert!(a["expires_in"].as_f64().is_some_and(|s| s > 0.0), "{a}");
+    assert!(a["token"].as_i64().is_some_and(|t| t >= 1), "{a}");
+
+    let b = find(&forever);
+    assert_eq!(b["state"], "held");
+    assert_eq!(b["locked_by"], owner_b.as_str());
+    assert!(b["expires_in"].is_null(), "no expiry is null: {b}");
+
+    let r = find(&released);
+    assert_eq!(r["state"], "released");
+    assert!(r["expires_in"].is_null(), "{r}");
+    assert!(r["locked_by"].is_string(), "{r}");
+
+    let table = db.run(&["list"]).expect(0);
+    let row = table
+        .stdout
+        .lines()
+        .find(|l| l.starts_with(held.as_str()))
+        .unwrap_or_else(|| panic!("{held} not in the table: {}", table.stdout));
+    assert!(row.contains("held") && row.contains(&owner_a), "{row}");
+
+    for holder in [holder_a, holder_b] {
+        holder.signal(libc::SIGTERM);
+        holder.finish().expect(SIGTERM_STATUS);
+    }
+}
+
+fn status_exit_codes(db: &Db) {
+    let name = unique_name("status");
+    // `status` never creates the table (a missing one is an error, see migrate_says_what_it_did).
+    db.run(&["migrate"]).expect(0);
+    let free = db.run(&["status", &name]).expect(1);
+    assert!(free.stdout.contains("free"), "{free:#?}");
+
+    let holder = db.spawn(&["hold", &name, "--owner", "status-owner", "--ttl", "3"]);
+    db.wait_held(&name);
+    let held = db.run(&["status", &name]).expect(0);
+    assert!(held.stdout.contains("held by status-owner"), "{held:#?}");
+
+    // Killed without a chance to release: the lease runs out and the lock is free again.
+    holder.signal(libc::SIGKILL);
+    holder.finish();
+    assert!(
+        eventually(|| db.status_code(&name) == 1),
+        "the lease never expired"
+    );
+    let expired = db.run(&["status", &name]).expect(1);
+    assert!(expired.stdout.contains("expired"), "{expired:#?}");
+
+    let too_long = "x".repeat(256);
+    let error = db.run(&["status", &too_long]).expect(2);
+    assert_eq!(error.stderr.lines().count(), 1, "{error:#?}");
+    let error = db
+        .run_at("redis://u:secret@nowhere/0", &["status", &name])
+        .expect(2);
+    assert_eq!(error.stderr.lines().count(), 1, "{error:#?}");
+    assert!(error.stderr.contains("--url"), "{error:#?}");
+    assert!(!error.stderr.contains("secret"), "{error:#?}");
+}
+
+fn force_release_lets_a_waiter_in(db: &Db) {
+    let name = unique_name("force");
+    // No expiry: only the force release can let the waiter in.
+    let holder = db.spawn(&["hold", &name, "--ttl", "none", "--duration", "600"]);
+    db.wait_held(&name);
+    let marker = db.path("in");
+    let status_file = db.path("waiter.status");
+    let script = format!("echo in > '{}'", marker.display());
+    let waiter = db.spawn_with(&["run", &name, "--", "sh", "-c", &script], |cmd| {
+        cmd.env("DATABASE_LOCKS_STATUS_FILE", &status_file);
+    });
+    assert!(
+        eventually(|| std::fs::read_to_string(&status_file).is_ok_and(|s| s.trim() == "1")),
+        "the waiter never started waiting"
+    );
+    assert!(!marker.exists());
+
+    let released = db.run(&["release", &name, "--force"]).expect(0);
+    assert!(released.stdout.contains("released"), "{released:#?}");
+    waiter.finish().expect(0);
+    assert!(marker.exists(), "the waiter's command did not run");
+    db.run(&["release", &name, "--force"]).expect(1);
+
+    // The old holder's release now finds another token: it reports the loss.
+    holder.signal(libc::SIGTERM);
+    holder.finish().expect(LOST);
+}
+
+fn release_by_owner(db: &Db) {
+    let name = unique_name("owner");
+    let owner = format!("{name}.owner");
+    let holder = db.spawn(&[
+        "hold",
+        &name,
+        "--owner",
+        &owner,
+        "--ttl",
+        "3",
+        "--duration",
+        "600",
+    ]);
+    db.wait_held(&name);
+    let refused = db
+        .run(&["release", &name, "--owner", "somebody-else"])
+        .expect(1);
+    assert!(refused.stdout.contains(&owner), "{refused:#?}");
+    db.run(&["status", &name]).expect(0);
+
+    db.run(&["release", &name, "--owner", &owner]).expect(0);
+    db.run(&["status", &name]).expect(1);
+    // The holder's next renewal finds a newer token: it stops with the lost status.
+    let done = holder.finish().expect(LOST);
+    assert!(done.stderr.contains("lost"), "{done:#?}");
+}
+
+/// The row is stolen behind the holder's back; the command ignores SIGTERM, so it and its
+/// child only end with the SIGKILL that follows.
+fn a_lost_lock_stops_the_command(db: &Db) {
+    let name = unique_name("lost");
+    let pid_file = db.path("sleep.pid");
+    let script = format!(
+        "trap '' TERM; sleep 600 & echo $! > '{}'; wait",
+        pid_file.display()
+    );
+    let tool = db.spawn(&[
+        "run",
+        &name,
+        "--ttl",
+        "3",
+        "--kill-after",
+        "1",
+        "--",
+        "sh",
+        "-c",
+        &script,
+    ]);
+    let sleep_pid = read_pid(&pid_file);
+    db.wait_held(&name);
+    db.steal(&name, "thief");
+    let done = tool.finish().expect(LOST);
+    assert!(done.stderr.contains("was lost"), "{done:#?}");
+    assert!(
+        eventually(|| process_ended(sleep_pid)),
+        "the command's child {sleep_pid} survived: {done:#?}"
+    );
+}
+
+fn run_exit_statuses_and_environment(db: &Db) {
+    let name = unique_name("statuses");
+    db.run(&["run", &name, "--", "sh", "-c", "exit 3"])
+        .expect(3);
+    db.run(&["run", &name, "sh", "-c", "kill -TERM $$"])
+        .expect(SIGTERM_STATUS);
+    let env = db
+        .run(&[
+            "run",
+            &name,
+            "--owner",
+            "env-owner",
+            "--",
+            "sh",
+            "-c",
+            "echo \"$DATABASE_LOCKS_NAME|$DATABASE_LOCKS_OWNER|$DATABASE_LOCKS_TOKEN\"",
+        ])
+        .expect(0);
+    let fields: Vec<&str> = env.stdout.trim().split('|').collect();
+    assert_eq!(fields[..2], [name.as_str(), "env-owner"], "{env:#?}");
+    assert!(
+        fields[2].parse::<u64>().is_ok_and(|t| t >= 3),
+        "the third acquisition's token: {env:#?}"
+    );
+
+    let missing = db
+        .run(&["run", &name, "--", "/nonexistent/command"])
+        .expect(127);
+    assert_eq!(missing.stderr.lines().count(), 1, "{missing:#?}");
+    let not_executable = db.path("not-executable");
+    std::fs::write(&not_executable, "#!/bin/sh\n").expect("file");
+    let path = not_executable.display().to_string();
+    db.run(&["run", &name, "--", &path]).expect(126);
+    let error = db
+        .run_at("redis://nowhere", &["run", &name, "--", "true"])
+        .expect(125);
+    assert_eq!(error.stderr.lines().count(), 1, "{error:#?}");
+    db.run(&["status", &name]).expect(1);
+}
+
+fn at_least_keeps_the_lock_after_the_command(db: &Db) {
+    let name = unique_name("at-least");
+    db.run(&["run", &name, "--at-least", "600", "--", "true"])
+        .expect(0);
+    db.run(&["status", &name]).expect(0);
+    db.run(&["run", "--try", &name, "--", "true"]).expect(BUSY);
+    db.run(&["release", &name, "--force"]).expect(0);
+}
+
+fn migrate_says_what_it_did(db: &Db) {
+    if db.kind == Kind::Sqlite {
+        // A fresh file: the read-only commands do not create the table, and say how to.
+        let list = db.run(&["list"]).expect(2);
+        assert!(list.stderr.contains("database-locks migrate"), "{list:#?}");
+        let created = db.run(&["migrate"]).expect(0);
+        assert!(created.stdout.contains("created"), "{created:#?}");
+        let again = db.run(&["migrate"]).expect(0);
+        assert!(again.stdout.contains("up to date"), "{again:#?}");
+    } else {
+        let done = db.run(&["migrate"]).expect(0);
+        assert!(done.stdout.contains("database_locks_lock"), "{done:#?}");
+    }
+}

@@ -1,0 +1,418 @@
+//! Support for the end-to-end tests: a database per backend, the built tool, processes
+//! that are cleaned up, and polling with a deadline.
+//!
+//! URLs come from `SQLITE_DATABASE_URL`, `PG_DATABASE_URL` and `MYSQL_DATABASE_URL`,
+//! defaulting to the local servers (as the workspace's own tests/common/mod.rs, which the
+//! `Db` part here is trimmed from). A database that cannot be reached fails the test and
+//! names the URL: nothing is skipped.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+pub const PG_DEFAULT: &str = "postgres://postgres@127.0.0.1:5432/test";
+pub const MYSQL_DEFAULT: &str = "mysql://root@127.0.0.1:3306/test";
+
+/// Long enough for anything a test waits for on a slow, shared machine; only reached
+/// when something hangs.
+pub const PATIENCE: Duration = Duration::from_secs(90);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Sqlite,
+    Postgres,
+    Mysql,
+}
+
+/// A database for one test, and a scratch directory for its files.
+pub struct Db {
+    pub kind: Kind,
+    pub url: String,
+    pub dir: tempfile::TempDir,
+}
+
+impl Db {
+    pub fn sqlite() -> Db {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let url = match std::env::var("SQLITE_DATABASE_URL") {
+            Ok(url) if !url.is_empty() => url,
+            _ => dir.path().join("locks.sqlite3").display().to_string(),
+        };
+        Db {
+            kind: Kind::Sqlite,
+            url,
+            dir,
+        }
+    }
+
+    pub fn postgres() -> Db {
+        Db::server(Kind::Postgres, env_url("PG_DATABASE_URL", PG_DEFAULT))
+    }
+
+    pub fn mysql() -> Db {
+        Db::server(Kind::Mysql, env_url("MYSQL_DATABASE_URL", MYSQL_DEFAULT))
+    }
+
+    fn server(kind: Kind, url: String) -> Db {
+        let db = Db {
+            kind,
+            url,
+            dir: tempfile::tempdir().expect("temp dir"),
+        };
+        if let Err(e) = db.try_exec("SELECT 1") {
+            panic!(
+                "cannot reach the test database at {} ({e}); start it (scripts/setup) or set the URL variable",
+                db.url
+            );
+        }
+        db
+    }
+
+    /// A path in this test's scratch directory.
+    pub fn path(&self, file: &str) -> PathBuf {
+        self.dir.path().join(file)
+    }
+
+    /// The tool, pointed at this database, with none of the caller's lock settings.
+    pub fn tool(&self) -> Command {
+        let mut cmd = self.tool_without_url();
+        cmd.arg("--url").arg(&self.url);
+        cmd
+    }
+
+    /// The tool with none of the caller's lock settings, pointed at no database.
+    pub fn tool_without_url(&self) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_database-locks"));
+        for var in [
+            "DATABASE_URL",
+            "DATABASE_LOCKS_URL",
+            "DATABASE_LOCKS_ENABLED",
+            "DATABASE_LOCKS_STATUS_FILE",
+            "DATABASE_LOCKS_DEFAULT_TTL",
+            "DATABASE_LOCKS_DEFAULT_TTL_RENEW",
+        ] {
+            cmd.env_remove(var);
+        }
+        cmd.current_dir(self.dir.path()).stdin(Stdio::null());
+        cmd
+    }
+
+    /// Runs the tool to the end.
+    pub fn run(&self, args: &[&str]) -> Done {
+        Done::from_command(self.tool(), args)
+    }
+
+    /// Runs the tool to the end with `--url url`.
+    pub fn run_at(&self, url: &str, args: &[&str]) -> Done {
+        let mut cmd = self.tool_without_url();
+        cmd.arg("--url").arg(url);
+        Done::from_command(cmd, args)
+    }
+}
+
+impl Done {
+    fn from_command(mut cmd: Command, args: &[&str]) -> Done {
+        let output = cmd
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("cannot start the tool: {e}"));
+        Done::from_output(args, output)
+    }
+}
+
+impl Db {
+    /// Starts the tool in the background; its output goes to files read at the end.
+    pub fn spawn(&self, args: &[&str]) -> Running {
+        self.spawn_with(args, |_| {})
+    }
+
+    pub fn spawn_with(&self, args: &[&str], setup: impl FnOnce(&mut Command)) -> Running {
+        let n = unique_number();
+        let out = self.path(&format!("tool-{n}.out"));
+        let err = self.path(&format!("tool-{n}.err"));
+        let mut cmd = self.tool();
+        cmd.args(args)
+            .stdout(std::fs::File::create(&out).expect("stdout file"))
+            .stderr(std::fs::File::create(&err).expect("stderr file"));
+        setup(&mut cmd);
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start the tool: {e}"));
+        Running {
+            args: args.iter().map(|a| a.to_string()).collect(),
+            child: Some(child),
+            out,
+            err,
+        }
+    }
+
+    /// `status NAME`'s exit code.
+    pub fn status_code(&self, name: &str) -> i32 {
+        self.run(&["status", name]).code
+    }
+
+    /// Waits until the lock is held (by anyone).
+    pub fn wait_held(&self, name: &str) {
+        assert!(
+            eventually(|| self.status_code(name) == 0),
+            "lock {name} was never held"
+        );
+    }
+
+    /// Writes another owner into the row behind the holder's back, keeping its expiry.
+    pub fn steal(&self, name: &str, thief: &str) {
+        let n = self.exec(&format!(
+            "UPDATE database_locks_lock SET locked_by = '{thief}', token = token + 1 WHERE name = '{name}'"
+        ));
+        assert_eq!(n, 1, "stealing {name}");
+    }
+
+    /// Runs raw SQL on a fresh connection, panicking with the URL on failure.
+    pub fn exec(&self, sql: &str) -> usize {
+        self.try_exec(sql)
+            .unwrap_or_else(|e| panic!("{sql} on {}: {e}", self.url))
+    }
+
+    pub fn try_exec(&self, sql: &str) -> Result<usize, String> {
+        use diesel::{Connection, RunQueryDsl};
+        match self.kind {
+            #[cfg(feature = "sqlite")]
+            Kind::Sqlite => {
+                let mut c =
+                    diesel::SqliteConnection::establish(&self.url).map_err(|e| e.to_string())?;
+                diesel::sql_query("PRAGMA busy_timeout = 5000")
+                    .execute(&mut c)
+                    .map_err(|e| e.to_string())?;
+                diesel::sql_query(sql)
+                    .execute(&mut c)
+                    .map_err(|e| e.to_string())
+            }
+            #[cfg(feature = "postgres")]
+            Kind::Postgres => {
+                let mut c =
+                    diesel::PgConnection::establish(&self.url).map_err(|e| e.to_string())?;
+                diesel::sql_query(sql)
+                    .execute(&mut c)
+                    .map_err(|e| e.to_string())
+            }
+            #[cfg(feature = "mysql")]
+            Kind::Mysql => {
+                let mut c =
+                    diesel::MysqlConnection::establish(&self.url).map_err(|e| e.to_string())?;
+                diesel::sql_query(sql)
+                    .execute(&mut c)
+                    .map_err(|e| e.to_string())
+            }
+            #[allow(unreachable_patterns)]
+            other => panic!("backend {other:?} is not compiled in"),
+        }
+    }
+}
+
+fn env_url(var: &str, default: &str) -> String {
+    std::env::var(var)
+        .ok()
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| default.to_owned())
+}
+
+/// A finished run of the tool.
+#[derive(Debug)]
+pub struct Done {
+    pub args: Vec<String>,
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Done {
+    fn from_output(args: &[&str], output: Output) -> Done {
+        Done {
+            args: args.iter().map(|a| a.to_string()).collect(),
+            code: code_of(output.status),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        }
+    }
+
+    /// Asserts the exit code, showing everything the tool said if it differs.
+    #[track_caller]
+    pub fn expect(self, code: i32) -> Done {
+        assert_eq!(self.code, code, "{self:#?}");
+        self
+    }
+}
+
+/// The exit code, or 128 + signal as a shell reports it.
+fn code_of(status: ExitStatus) -> i32 {
+    use std::os::unix::process::ExitStatusExt;
+    status
+        .code()
+        .or_else(|| status.signal().map(|s| 128 + s))
+        .unwrap_or(-1)
+}
+
+/// The tool running in the background. Dropped while still running (a failed test), it
+/// gets SIGTERM, which it passes on to its command, then SIGKILL.
+pub struct Running {
+    args: Vec<String>,
+    child: Option<Child>,
+    out: PathBuf,
+    err: PathBuf,
+}
+
+impl Running {
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().map(|c| c.id() as i32).unwrap_or(0)
+    }
+
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: kill(2) has no memory-safety preconditions.
+        unsafe {
+            libc::kill(self.pid(), signal);
+        }
+    }
+
+    pub fn stdout(&self) -> String {
+        std::fs::read_to_string(&self.out).unwrap_or_default()
+    }
+
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.err).unwrap_or_default()
+    }
+
+    /// Whether it has exited (and then it is reaped).
+    pub fn exited(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(Some(_))))
+    }
+
+    /// Waits for it to exit (failing the test if it never does).
+    #[track_caller]
+    pub fn finish(mut self) -> Done {
+        let mut child = self.child.take().expect("running");
+        let deadline = Instant::now() + PATIENCE;
+        let status = loop {
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                break status;
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "{:?} did not exit within {PATIENCE:?}\nstdout: {}\nstderr: {}",
+                    self.args,
+                    self.stdout(),
+                    self.stderr()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        Done {
+            args: self.args.clone(),
+            code: code_of(status),
+            stdout: self.stdout(),
+            stderr: self.stderr(),
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        if let Ok(None) = child.try_wait() {
+            self.signal(libc::SIGTERM);
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline && matches!(child.try_wait(), Ok(None)) {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Polls `condition` every 10 ms until it holds or [`PATIENCE`] runs out; returns whether
+/// it held.
+pub fn eventually(mut condition: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        if condition() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Waits for a file to hold a pid (written by a test's command) and returns it.
+pub fn read_pid(path: &Path) -> i32 {
+    let mut pid = None;
+    assert!(
+        eventually(|| {
+            pid = std::fs::read_to_string(path)
+                .ok()
+                .and_then(|s| s.trim().parse().ok());
+            pid.is_some()
+        }),
+        "no pid in {}",
+        path.display()
+    );
+    pid.unwrap_or_default()
+}
+
+/// Whether process `pid` has ended: gone, or a zombie nobody reaped yet (in a container
+/// whose init does not reap, orphans stay zombies).
+pub fn process_ended(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        // "pid (comm) S ...": the state follows the last ')'.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with(['Z', 'X'])),
+    }
+}
+
+fn unique_number() -> u32 {
+    static N: AtomicU32 = AtomicU32::new(0);
+    N.fetch_add(1, Ordering::Relaxed)
+}
+
+/// A lock name no other test or run uses (the server tables are shared).
+pub fn unique_name(test: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or_default();
+    format!(
+        "cli.{test}.{}.{nanos}.{}",
+        std::process::id(),
+        unique_number()
+    )
+}
+
+/// Instantiates each listed `fn(&Db)` once per compiled-in backend.
+#[macro_export]
+macro_rules! on_each_backend {
+    ($($test:ident),* $(,)?) => {
+        #[cfg(feature = "sqlite")]
+        mod sqlite {
+            $( #[test] fn $test() { super::$test(&$crate::common::Db::sqlite()) } )*
+        }
+        #[cfg(feature = "postgres")]
+        mod postgres {
+            $( #[test] fn $test() { super::$test(&$crate::common::Db::postgres()) } )*
+        }
+        #[cfg(feature = "mysql")]
+        mod mysql {
+            $( #[test] fn $test() { super::$test(&$crate::common::Db::mysql()) } )*
+        }
+    };
+}
