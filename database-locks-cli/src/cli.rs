@@ -19,7 +19,7 @@ pub struct Cli {
     pub url: Option<String>,
 
     /// Give up connecting to the database after this many seconds
-    #[arg(long, global = true, value_name = "S", default_value = "10", value_parser = seconds)]
+    #[arg(long, global = true, value_name = "S", default_value = "10", value_parser = positive_seconds)]
     pub connect_timeout: Duration,
 
     #[command(subcommand)]
@@ -154,6 +154,10 @@ fn non_empty(value: &str) -> Result<String, String> {
     }
 }
 
+/// The longest duration accepted anywhere: far beyond any use, far below what `Instant`
+/// arithmetic overflows at.
+const MAX_SECONDS: f64 = 100.0 * 366.0 * 86_400.0;
+
 fn seconds(value: &str) -> Result<Duration, String> {
     let secs: f64 = value
         .trim()
@@ -162,7 +166,10 @@ fn seconds(value: &str) -> Result<Duration, String> {
     if secs.is_nan() || secs < 0.0 {
         return Err(format!("{value:?} is not a non-negative number of seconds"));
     }
-    Duration::try_from_secs_f64(secs).map_err(|_| format!("{value:?} is too large"))
+    if secs > MAX_SECONDS {
+        return Err(format!("{value:?} is more than 100 years"));
+    }
+    Ok(Duration::from_secs_f64(secs))
 }
 
 fn positive_seconds(value: &str) -> Result<Duration, String> {
@@ -215,6 +222,8 @@ mod tests {
         assert!(seconds("-1").is_err());
         assert!(seconds("NaN").is_err());
         assert!(seconds("soon").is_err());
+        assert!(seconds("inf").is_err());
+        assert!(seconds("1e15").is_err());
         assert!(positive_seconds("0").is_err());
         assert!(ttl("none").unwrap().0.is_none());
         assert!(ttl("0").is_err());

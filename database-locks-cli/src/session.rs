@@ -5,6 +5,7 @@
 //! to the tool, the lock's loss (the library's `lost_lock_cb`), the command's exit.
 
 use std::io::{IsTerminal, Write};
+use std::panic::{self, AssertUnwindSafe};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -92,18 +93,24 @@ impl Session {
         thread::Builder::new()
             .name("acquire".into())
             .spawn(move || {
-                let result = if try_once {
-                    builder.try_acquire()
-                } else {
-                    builder.acquire().map(Some)
-                };
+                // A panic must still end the wait, or the main thread would wait for ever.
+                let result = panic::catch_unwind(AssertUnwindSafe(|| {
+                    if try_once {
+                        builder.try_acquire()
+                    } else {
+                        builder.acquire().map(Some)
+                    }
+                }));
                 let acquisition = match result {
-                    Ok(Some(guard)) => Acquisition::Held(guard),
-                    Ok(None) => Acquisition::Busy { message: None },
-                    Err(err) if err.is_contention() => Acquisition::Busy {
+                    Ok(Ok(Some(guard))) => Acquisition::Held(guard),
+                    Ok(Ok(None)) => Acquisition::Busy { message: None },
+                    Ok(Err(err)) if err.is_contention() => Acquisition::Busy {
                         message: Some(err.to_string()),
                     },
-                    Err(err) => Acquisition::Failed(err.to_string()),
+                    Ok(Err(err)) => Acquisition::Failed(err.to_string()),
+                    Err(_) => {
+                        Acquisition::Failed("internal error: acquiring the lock panicked".into())
+                    }
                 };
                 let _ = sender.send(Event::Acquired(acquisition));
             })

@@ -16,6 +16,7 @@ on_each_backend!(
     two_runs_take_turns,
     try_exits_busy_while_held,
     sigterm_releases_the_lock_and_ends_the_command,
+    sigterm_while_waiting_gives_up,
     list_json_matches_what_is_held,
     status_exit_codes,
     force_release_lets_a_waiter_in,
@@ -116,6 +117,30 @@ fn sigterm_releases_the_lock_and_ends_the_command(db: &Db) {
     );
     let status = db.run(&["status", &name]).expect(1);
     assert!(status.stdout.contains("released"), "{status:#?}");
+}
+
+/// A tool still waiting for the lock stops waiting on SIGTERM; its command never runs.
+fn sigterm_while_waiting_gives_up(db: &Db) {
+    let name = unique_name("wait-term");
+    let holder = db.spawn(&["hold", &name, "--duration", "600"]);
+    db.wait_held(&name);
+    let marker = db.path("ran");
+    let status_file = db.path("waiter.status");
+    let touch = format!("touch '{}'", marker.display());
+    let waiter = db.spawn_with(&["run", &name, "--", "sh", "-c", &touch], |cmd| {
+        cmd.env("DATABASE_LOCKS_STATUS_FILE", &status_file);
+    });
+    assert!(
+        eventually(|| std::fs::read_to_string(&status_file).is_ok_and(|s| s.trim() == "1")),
+        "the waiter never started waiting"
+    );
+    waiter.signal(libc::SIGTERM);
+    let done = waiter.finish().expect(SIGTERM_STATUS);
+    assert!(done.stderr.contains("SIGTERM"), "{done:#?}");
+    assert!(!marker.exists(), "the command ran");
+    db.run(&["status", &name]).expect(0);
+    holder.signal(libc::SIGTERM);
+    holder.finish().expect(SIGTERM_STATUS);
 }
 
 fn list_json_matches_what_is_held(db: &Db) {
