@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{eventually, process_ended, read_pid, unique_name, Db, Kind};
+use common::{eventually, process_ended, read_pid, unique_name, Db, Kind, Pty, Running};
 
 const BUSY: i32 = 124;
 const LOST: i32 = 75;
@@ -17,6 +17,7 @@ on_each_backend!(
     try_exits_busy_while_held,
     sigterm_releases_the_lock_and_ends_the_command,
     sigterm_while_waiting_gives_up,
+    on_a_terminal_waits_show_the_holder_and_ctrl_c_stops_the_command,
     list_json_matches_what_is_held,
     status_exit_codes,
     force_release_lets_a_waiter_in,
@@ -137,10 +138,45 @@ fn sigterm_while_waiting_gives_up(db: &Db) {
     waiter.signal(libc::SIGTERM);
     let done = waiter.finish().expect(SIGTERM_STATUS);
     assert!(done.stderr.contains("SIGTERM"), "{done:#?}");
+    assert!(
+        !done.stderr.contains("waited"),
+        "no progress off a terminal: {done:#?}"
+    );
     assert!(!marker.exists(), "the command ran");
     db.run(&["status", &name]).expect(0);
     holder.signal(libc::SIGTERM);
     holder.finish().expect(SIGTERM_STATUS);
+}
+
+/// In a terminal's foreground: the wait shows the holder, and Ctrl-C (which the terminal
+/// sends to the command itself) ends the command and releases the lock.
+fn on_a_terminal_waits_show_the_holder_and_ctrl_c_stops_the_command(db: &Db) {
+    let name = unique_name("terminal");
+    let owner = format!("{name}.holder");
+    let holder = db.spawn(&["hold", &name, "--owner", &owner, "--duration", "600"]);
+    db.wait_held(&name);
+
+    let mut pty = Pty::open();
+    let mut cmd = db.tool();
+    cmd.args([
+        "run",
+        &name,
+        "--",
+        "sh",
+        "-c",
+        "echo started; exec sleep 600",
+    ]);
+    pty.attach(&mut cmd);
+    let mut tool = Running::adopt(&["run", &name], cmd.spawn().expect("the tool"));
+    pty.wait_for(&format!("waiting for lock {name:?} (held by {owner}"));
+
+    holder.signal(libc::SIGTERM);
+    holder.finish().expect(SIGTERM_STATUS);
+    pty.wait_for("started");
+    assert!(!tool.exited());
+    pty.type_in(b"\x03");
+    tool.finish().expect(128 + libc::SIGINT);
+    db.run(&["status", &name]).expect(1);
 }
 
 fn list_json_matches_what_is_held(db: &Db) {

@@ -143,8 +143,8 @@ impl Db {
         Running {
             args: args.iter().map(|a| a.to_string()).collect(),
             child: Some(child),
-            out,
-            err,
+            out: Some(out),
+            err: Some(err),
         }
     }
 
@@ -259,28 +259,37 @@ fn code_of(status: ExitStatus) -> i32 {
 pub struct Running {
     args: Vec<String>,
     child: Option<Child>,
-    out: PathBuf,
-    err: PathBuf,
+    /// Where its stdout and stderr go, when the test did not send them elsewhere.
+    out: Option<PathBuf>,
+    err: Option<PathBuf>,
 }
 
 impl Running {
-    pub fn pid(&self) -> i32 {
-        self.child.as_ref().map(|c| c.id() as i32).unwrap_or(0)
-    }
-
-    pub fn signal(&self, signal: i32) {
-        // SAFETY: kill(2) has no memory-safety preconditions.
-        unsafe {
-            libc::kill(self.pid(), signal);
+    /// A tool started by the test itself (its output is wherever the test sent it).
+    pub fn adopt(args: &[&str], child: Child) -> Running {
+        Running {
+            args: args.iter().map(|a| a.to_string()).collect(),
+            child: Some(child),
+            out: None,
+            err: None,
         }
     }
 
+    pub fn pid(&self) -> i32 {
+        let child = self.child.as_ref().expect("running");
+        i32::try_from(child.id()).expect("a pid")
+    }
+
+    pub fn signal(&self, signal: i32) {
+        send(self.pid(), signal);
+    }
+
     pub fn stdout(&self) -> String {
-        std::fs::read_to_string(&self.out).unwrap_or_default()
+        read_or_empty(self.out.as_deref())
     }
 
     pub fn stderr(&self) -> String {
-        std::fs::read_to_string(&self.err).unwrap_or_default()
+        read_or_empty(self.err.as_deref())
     }
 
     /// Whether it has exited (and then it is reaped).
@@ -326,7 +335,9 @@ impl Drop for Running {
             return;
         };
         if let Ok(None) = child.try_wait() {
-            self.signal(libc::SIGTERM);
+            if let Ok(pid) = i32::try_from(child.id()) {
+                send(pid, libc::SIGTERM);
+            }
             let deadline = Instant::now() + Duration::from_secs(10);
             while Instant::now() < deadline && matches!(child.try_wait(), Ok(None)) {
                 std::thread::sleep(Duration::from_millis(10));
@@ -335,6 +346,20 @@ impl Drop for Running {
             let _ = child.wait();
         }
     }
+}
+
+/// kill(2) to one process; never to a group (pid 0 or negative would reach the tests).
+fn send(pid: i32, signal: i32) {
+    assert!(pid > 0, "not a process: {pid}");
+    // SAFETY: kill(2) has no memory-safety preconditions.
+    unsafe {
+        libc::kill(pid, signal);
+    }
+}
+
+fn read_or_empty(path: Option<&Path>) -> String {
+    path.and_then(|p| std::fs::read_to_string(p).ok())
+        .unwrap_or_default()
 }
 
 /// Polls `condition` every 10 ms until it holds or [`PATIENCE`] runs out; returns whether
@@ -415,4 +440,89 @@ macro_rules! on_each_backend {
             $( #[test] fn $test() { super::$test(&$crate::common::Db::mysql()) } )*
         }
     };
+}
+
+/// A pseudo-terminal, for what the tool does only on a terminal.
+pub struct Pty {
+    master: std::fs::File,
+    slave: PathBuf,
+    seen: Vec<u8>,
+}
+
+impl Pty {
+    pub fn open() -> Pty {
+        use std::os::fd::FromRawFd;
+        // SAFETY: plain libc calls on a descriptor this function owns; ptsname_r writes at
+        // most `buf.len()` bytes.
+        unsafe {
+            let fd = libc::posix_openpt(libc::O_RDWR | libc::O_NOCTTY | libc::O_NONBLOCK);
+            assert!(fd >= 0, "posix_openpt: {}", std::io::Error::last_os_error());
+            assert_eq!(libc::grantpt(fd), 0, "grantpt");
+            assert_eq!(libc::unlockpt(fd), 0, "unlockpt");
+            let mut buf = [0 as libc::c_char; 128];
+            assert_eq!(
+                libc::ptsname_r(fd, buf.as_mut_ptr(), buf.len()),
+                0,
+                "ptsname_r"
+            );
+            let slave = std::ffi::CStr::from_ptr(buf.as_ptr())
+                .to_string_lossy()
+                .into_owned();
+            Pty {
+                master: std::fs::File::from_raw_fd(fd),
+                slave: PathBuf::from(slave),
+                seen: Vec::new(),
+            }
+        }
+    }
+
+    /// Makes `cmd` run in a new session whose controlling terminal (and stdin, stdout,
+    /// stderr) is this one, in its foreground, as a shell would start it.
+    pub fn attach(&self, cmd: &mut Command) {
+        use std::os::unix::process::CommandExt;
+        let open = || {
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&self.slave)
+                .expect("pty slave")
+        };
+        cmd.stdin(open()).stdout(open()).stderr(open());
+        // SAFETY: setsid and ioctl are async-signal-safe.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::setsid() < 0 || libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
+
+    /// Everything the terminal showed so far.
+    pub fn output(&mut self) -> String {
+        use std::io::Read;
+        let mut buf = [0u8; 4096];
+        while let Ok(n @ 1..) = self.master.read(&mut buf) {
+            self.seen.extend_from_slice(&buf[..n]);
+        }
+        String::from_utf8_lossy(&self.seen).into_owned()
+    }
+
+    /// Waits until the terminal has shown `text`.
+    #[track_caller]
+    pub fn wait_for(&mut self, text: &str) {
+        let shown = eventually(|| self.output().contains(text));
+        assert!(
+            shown,
+            "the terminal never showed {text:?}: {:?}",
+            self.output()
+        );
+    }
+
+    /// Types `bytes` (`b"\x03"` is Ctrl-C).
+    pub fn type_in(&mut self, bytes: &[u8]) {
+        use std::io::Write;
+        self.master.write_all(bytes).expect("write to the pty");
+    }
 }
