@@ -297,3 +297,18 @@ impl Db {
         Vec::new()
     }
 }
+
+impl Db {
+    /// The MySQL/MariaDB database at `url` (a Galera node, say), checked reachable: one
+    /// that cannot be reached fails the test and names the URL.
+    pub fn mysql_at(url: &str) -> Db {
+        let db = Db {
+            kind: BackendKind::Mysql,
+            url: url.to_owned(),
+            _dir: None,
+            drop_sql: None,
+        };
+        db.check_reachable();
+        db
+    }
+}

@@ -1,0 +1,1006 @@
+//! Galera (MariaDB Galera Cluster, Percona XtraDB Cluster): the row-lock protocol across
+//! the three nodes of the cluster that `scripts/galera start` runs. Node URLs come from
+//! `GALERA_URLS` (three, comma-separated), defaulting to that script's ports; a node that
+//! cannot be reached, or is not Synced in a cluster of three, fails the test and names its
+//! URL. Figures for docs/RELIABILITY.md: `cargo test --all-features --test galera --
+//! --nocapture`.
+//!
+//! The tests take turns (`SERIAL`): one stops a node and starts it again, and the others
+//! measure contention that a parallel test would disturb.
+#![cfg(feature = "mysql")]
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Child, ChildStdout, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc, Barrier, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use common::{eventually, unique_name, Db};
+use database_locks::{Config, Error, LockGuard, Locks, Migration};
+use diesel::connection::SimpleConnection;
+use diesel::r2d2::{ConnectionManager, CustomizeConnection, Error as PoolError, Pool};
+use diesel::result::{DatabaseErrorKind, Error as DieselError};
+use diesel::sql_types::{BigInt, Text};
+use diesel::{Connection, MysqlConnection, QueryableByName, RunQueryDsl};
+
+const HELPER: &str = env!("CARGO_BIN_EXE_lock-helper");
+const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/galera");
+const DEFAULT_URLS: [&str; 3] = [
+    "mysql://root@127.0.0.1:23306/test",
+    "mysql://root@127.0.0.1:23307/test",
+    "mysql://root@127.0.0.1:23308/test",
+];
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+/// The three nodes, held for one test at a time.
+struct Cluster {
+    nodes: Vec<Db>,
+    _turn: MutexGuard<'static, ()>,
+}
+
+impl Cluster {
+    fn urls(&self) -> Vec<&str> {
+        self.nodes.iter().map(|n| n.url.as_str()).collect()
+    }
+}
+
+fn cluster() -> Cluster {
+    let turn = SERIAL.lock().unwrap_or_else(PoisonError::into_inner);
+    let urls: Vec<String> = match std::env::var("GALERA_URLS") {
+        Ok(list) if !list.trim().is_empty() => list
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .map(str::to_owned)
+            .collect(),
+        _ => DEFAULT_URLS.iter().map(|u| (*u).to_owned()).collect(),
+    };
+    assert_eq!(urls.len(), 3, "GALERA_URLS must name three nodes: {urls:?}");
+    let nodes: Vec<Db> = urls.iter().map(|u| Db::mysql_at(u)).collect();
+    // A node restarted by an earlier test may still be catching up.
+    for node in &nodes {
+        let synced = eventually(Duration::from_secs(60), || {
+            wsrep(&node.url).is_ok_and(|w| w.size == 3 && w.state == "Synced")
+        });
+        assert!(
+            synced,
+            "{} is not Synced in a cluster of 3 ({:?}); run scripts/galera start",
+            node.url,
+            wsrep(&node.url)
+        );
+    }
+    Cluster { nodes, _turn: turn }
+}
+
+#[derive(Debug, QueryableByName)]
+struct Wsrep {
+    #[diesel(sql_type = BigInt)]
+    size: i64,
+    #[diesel(sql_type = Text)]
+    state: String,
+}
+
+fn wsrep(url: &str) -> Result<Wsrep, String> {
+    let mut conn = MysqlConnection::establish(url).map_err(|e| e.to_string())?;
+    diesel::sql_query(
+        "SELECT CAST(COALESCE((SELECT VARIABLE_VALUE FROM information_schema.GLOBAL_STATUS
+                 WHERE VARIABLE_NAME = 'wsrep_cluster_size'), '0') AS SIGNED) AS size,
+                CAST(COALESCE((SELECT VARIABLE_VALUE FROM information_schema.GLOBAL_STATUS
+                 WHERE VARIABLE_NAME = 'wsrep_local_state_comment'), 'not a Galera node') AS CHAR) AS state",
+    )
+    .get_result(&mut conn)
+    .map_err(|e| e.to_string())
+}
+
+fn connect(url: &str) -> MysqlConnection {
+    MysqlConnection::establish(url).unwrap_or_else(|e| panic!("cannot reach {url}: {e}"))
+}
+
+fn helper(args: &[&str]) -> Command {
+    let mut command = Command::new(HELPER);
+    command
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    command
+}
+
+/// Lines a child prints, delivered through a channel so reads can time out.
+fn lines(stdout: ChildStdout) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+fn expect_line(rx: &mpsc::Receiver<String>, prefix: &str, within: Duration) -> String {
+    let deadline = Instant::now() + within;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) if line.starts_with(prefix) => return line,
+            Ok(_) => continue,
+            Err(_) => panic!("no line starting with {prefix:?} within {within:?}"),
+        }
+    }
+}
+
+fn wait_exit(child: &mut Child, within: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("lock-helper did not exit within {within:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// What one `try_acquire` on a node got.
+enum Outcome {
+    Acquired(LockGuard),
+    /// Refused: the statement saw the lock held.
+    Held,
+    /// A certification conflict (1213), returned as the transient error it is.
+    Conflict,
+    /// Two inserts of a new name met on one node (1062), also transient.
+    Duplicate,
+}
+
+fn attempt(locks: &Locks, name: &str) -> Outcome {
+    match locks.lock(name).try_acquire() {
+        Ok(Some(guard)) => Outcome::Acquired(guard),
+        Ok(None) => Outcome::Held,
+        Err(Error::Database {
+            source: DieselError::DatabaseError(DatabaseErrorKind::SerializationFailure, _),
+            ..
+        }) => Outcome::Conflict,
+        Err(Error::Database {
+            source: DieselError::DatabaseError(DatabaseErrorKind::UniqueViolation, _),
+            ..
+        }) => Outcome::Duplicate,
+        Err(err) => panic!("try_acquire {name}: {err:?}"),
+    }
+}
+
+/// The three nodes (process i on node i mod 3) run `per_node` processes each, of
+/// `sections` critical sections on one name; checks the shared counter, the markers and
+/// the enter/exit intervals.
+fn run_sections(urls: &[&str], per_node: usize, sections: u32, label: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let name = unique_name(label);
+    let started = Instant::now();
+    let dir_arg = dir.path().display().to_string();
+    let count = sections.to_string();
+    let procs = per_node * urls.len();
+    let mut children: Vec<Child> = (0..procs)
+        .map(|i| {
+            helper(&["cs", urls[i % urls.len()], &name, &count, &dir_arg])
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let mut overlaps = 0u32;
+    for child in &mut children {
+        let mut out = String::new();
+        child
+            .stdout
+            .take()
+            .unwrap()
+            .read_to_string(&mut out)
+            .unwrap();
+        let status = wait_exit(child, Duration::from_secs(600));
+        assert!(status.success(), "a process failed: {status}");
+        let reported: u32 = out
+            .lines()
+            .find_map(|l| l.strip_prefix("overlaps "))
+            .expect("overlap count")
+            .parse()
+            .unwrap();
+        overlaps += reported;
+    }
+    let elapsed = started.elapsed();
+    let total = procs as u64 * u64::from(sections);
+    let counter: u64 = std::fs::read_to_string(dir.path().join("counter"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let overlapping = overlapping_intervals(&dir.path().join("intervals"));
+    println!(
+        "{label} [Galera]: {procs} processes ({per_node} per node) x {sections} sections: \
+         counter {counter}/{total}, marker overlaps {overlaps}, overlapping intervals \
+         {overlapping}, {:.1} s ({:.0} sections/s)",
+        elapsed.as_secs_f64(),
+        total as f64 / elapsed.as_secs_f64()
+    );
+    assert_eq!(overlaps, 0, "two processes were inside at once");
+    assert_eq!(overlapping, 0, "enter/exit intervals overlap");
+    assert_eq!(counter, total, "lost updates");
+}
+
+fn overlapping_intervals(path: &Path) -> usize {
+    let mut intervals: Vec<(u128, u128)> = std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let mut parts = l.split_whitespace().map(|p| p.parse::<u128>().unwrap());
+            (parts.next().unwrap(), parts.next().unwrap())
+        })
+        .collect();
+    intervals.sort();
+    intervals.windows(2).filter(|w| w[1].0 < w[0].1).count()
+}
+
+/// Mutual exclusion with the contenders spread over the three nodes.
+#[test]
+fn processes_on_three_nodes_exclude_each_other() {
+    let cluster = cluster();
+    run_sections(&cluster.urls(), 2, 100, "galera-mutex");
+}
+
+/// A global status counter of one node (`wsrep_local_cert_failures`, ...).
+fn status_counter(url: &str, variable: &str) -> i64 {
+    #[derive(QueryableByName)]
+    struct Value {
+        #[diesel(sql_type = BigInt)]
+        n: i64,
+    }
+    let value: Value = diesel::sql_query(format!(
+        "SELECT CAST(VARIABLE_VALUE AS SIGNED) AS n FROM information_schema.GLOBAL_STATUS \
+         WHERE VARIABLE_NAME = '{variable}'"
+    ))
+    .get_result(&mut connect(url))
+    .unwrap_or_else(|e| panic!("{variable} on {url}: {e}"));
+    value.n
+}
+
+/// Certification failures and brute-force aborts, summed over the nodes.
+fn conflicts_so_far(cluster: &Cluster) -> (i64, i64) {
+    cluster.urls().iter().fold((0, 0), |(cert, bf), url| {
+        (
+            cert + status_counter(url, "wsrep_local_cert_failures"),
+            bf + status_counter(url, "wsrep_local_bf_aborts"),
+        )
+    })
+}
+
+/// Sets `wsrep_retry_autocommit` on every node for the connections opened from now on,
+/// and puts the old value back when dropped.
+struct RetryAutocommit<'a> {
+    cluster: &'a Cluster,
+    old: i64,
+}
+
+impl<'a> RetryAutocommit<'a> {
+    fn set(cluster: &'a Cluster, retries: i64) -> Self {
+        #[derive(QueryableByName)]
+        struct Value {
+            #[diesel(sql_type = BigInt)]
+            n: i64,
+        }
+        let old: Value =
+            diesel::sql_query("SELECT CAST(@@global.wsrep_retry_autocommit AS SIGNED) AS n")
+                .get_result(&mut connect(cluster.urls()[0]))
+                .unwrap();
+        for node in &cluster.nodes {
+            node.exec(&format!("SET GLOBAL wsrep_retry_autocommit = {retries}"));
+        }
+        RetryAutocommit {
+            cluster,
+            old: old.n,
+        }
+    }
+}
+
+impl Drop for RetryAutocommit<'_> {
+    fn drop(&mut self) {
+        for node in &self.cluster.nodes {
+            let _ = node.try_exec(&format!("SET GLOBAL wsrep_retry_autocommit = {}", self.old));
+        }
+    }
+}
+
+/// Three nodes race for one lock at the same instant, `rounds` times: never more than
+/// one wins, whether the row is new (three inserts of one key) or released (three
+/// conditional updates). A loser either sees the winner's row (also when Galera re-runs
+/// its autocommit statement after a conflict) or gets the certification conflict (1213)
+/// as a transient error.
+fn race(cluster: &Cluster, rounds: usize, label: &str) {
+    let handles: Vec<Locks> = cluster.nodes.iter().map(Db::locks).collect();
+    for locks in &handles {
+        locks.inspect("warm-up").unwrap();
+    }
+    let before = conflicts_so_far(cluster);
+    let (mut won, mut held, mut conflicts, mut duplicates, mut none) = (0, 0, 0, 0, 0);
+    for round in 0..rounds {
+        let name = unique_name("galera-race");
+        let fresh = round % 2 == 0;
+        if !fresh {
+            handles[0].lock(&name).acquire().unwrap().release().unwrap();
+            // Every node has the released row, so each attempt is the conditional UPDATE.
+            let everywhere = eventually(Duration::from_secs(30), || {
+                handles.iter().all(|l| {
+                    l.inspect(&name)
+                        .unwrap()
+                        .is_some_and(|r| r.state() == "released")
+                })
+            });
+            assert!(everywhere, "the released row reached every node");
+        }
+        let barrier = Barrier::new(handles.len());
+        let outcomes: Vec<Outcome> = std::thread::scope(|s| {
+            let running: Vec<_> = handles
+                .iter()
+                .map(|locks| {
+                    let (barrier, name) = (&barrier, &name);
+                    s.spawn(move || {
+                        barrier.wait();
+                        attempt(locks, name)
+                    })
+                })
+                .collect();
+            running.into_iter().map(|t| t.join().unwrap()).collect()
+        });
+        let mut winners = Vec::new();
+        for outcome in outcomes {
+            match outcome {
+                Outcome::Acquired(guard) => winners.push(guard),
+                Outcome::Held => held += 1,
+                Outcome::Conflict => conflicts += 1,
+                Outcome::Duplicate => duplicates += 1,
+            }
+        }
+        assert!(
+            winners.len() <= 1,
+            "round {round} ({}): {} nodes took {name} at once",
+            if fresh { "new row" } else { "released row" },
+            winners.len()
+        );
+        match winners.pop() {
+            Some(guard) => {
+                won += 1;
+                // Nobody's re-run statement overwrote the winner: its release finds its
+                // own owner and token in the row.
+                guard.release().unwrap();
+            }
+            None => none += 1,
+        }
+    }
+    let after = conflicts_so_far(cluster);
+    println!(
+        "race [Galera, {label}]: {rounds} rounds of 3 nodes at once: {won} won, {none} rounds \
+         without a winner; losers: {held} refused, {conflicts} certification conflicts \
+         (1213), {duplicates} duplicate keys; the cluster counted {} certification failures \
+         and {} brute-force aborts",
+        after.0 - before.0,
+        after.1 - before.1
+    );
+}
+
+#[test]
+fn racing_acquirers_on_three_nodes_never_both_win() {
+    let cluster = cluster();
+    race(&cluster, 120, "wsrep_retry_autocommit=1");
+}
+
+/// The same with `wsrep_retry_autocommit = 10`. MariaDB 10.11 re-runs only statements sent
+/// as text, not prepared ones like the crate's, so the conflicts still reach the client
+/// here; `a_re_run_acquire_statement_never_takes_a_held_lock` covers the re-runs.
+#[test]
+fn racing_acquirers_with_autocommit_retries_never_both_win() {
+    let cluster = cluster();
+    let _retries = RetryAutocommit::set(&cluster, 10);
+    race(&cluster, 120, "wsrep_retry_autocommit=10");
+}
+
+/// The MySQL acquire statement of DESIGN.md (§2, Acquire) with its values written in, so
+/// that it can be sent as plain text (COM_QUERY). Galera re-runs a conflicting autocommit
+/// statement sent that way (`wsrep_retry_autocommit`) without telling the client; the
+/// crate's prepared statements get the conflict (1213) instead.
+fn acquire_text(name: &str, owner: &str) -> String {
+    format!(
+        "UPDATE database_locks_lock
+            SET token = LAST_INSERT_ID(token + 1), locked_by = '{owner}',
+                expires_at = COALESCE(UTC_TIMESTAMP(6) + INTERVAL 60000000 MICROSECOND, '9999-01-01 00:00:00')
+          WHERE name = '{name}' AND (expires_at IS NULL OR expires_at < UTC_TIMESTAMP(6)
+                OR CAST(locked_by AS BINARY) = '{owner}')"
+    )
+}
+
+/// Sends `statement` as text on each node's connection at the same instant; returns,
+/// per node, the rows it matched (`None`: it failed, with a conflict).
+fn race_text(
+    conns: &mut [MysqlConnection],
+    statement: impl Fn(usize) -> String,
+) -> Vec<Option<i64>> {
+    #[derive(QueryableByName)]
+    struct Value {
+        #[diesel(sql_type = BigInt)]
+        n: i64,
+    }
+    let barrier = Barrier::new(conns.len());
+    std::thread::scope(|s| {
+        let running: Vec<_> = conns
+            .iter_mut()
+            .enumerate()
+            .map(|(i, conn)| {
+                let (barrier, sql) = (&barrier, statement(i));
+                s.spawn(move || {
+                    barrier.wait();
+                    // One round trip: the count is gone after any other command.
+                    conn.batch_execute(&format!("{sql}; SET @matched = ROW_COUNT()"))
+                        .ok()?;
+                    let value: Value = diesel::sql_query("SELECT CAST(@matched AS SIGNED) AS n")
+                        .get_result(conn)
+                        .unwrap();
+                    Some(value.n)
+                })
+            })
+            .collect();
+        running.into_iter().map(|t| t.join().unwrap()).collect()
+    })
+}
+
+/// The acquire statement, re-run by Galera after a conflict, never takes a held lock: it
+/// evaluates its condition again against the winner's row. The cluster's conflict
+/// counters show that statements were aborted, and since no conflict reached the client,
+/// each was re-run.
+#[test]
+fn a_re_run_acquire_statement_never_takes_a_held_lock() {
+    let cluster = cluster();
+    let _retries = RetryAutocommit::set(&cluster, 10);
+    let mut conns: Vec<MysqlConnection> = cluster.urls().iter().map(|u| connect(u)).collect();
+    let rounds = 100;
+    let (mut reported, mut aborted, mut refused) = (0, 0, 0);
+    for round in 0..rounds {
+        let name = unique_name("galera-rerun");
+        cluster.nodes[0].exec(&format!(
+            "INSERT INTO database_locks_lock (name, locked_by, expires_at, token) \
+             VALUES ('{name}', NULL, NULL, 0)"
+        ));
+        let exists = format!("SELECT 1 FROM database_locks_lock WHERE name = '{name}'");
+        assert!(
+            eventually(Duration::from_secs(30), || conns.iter_mut().all(|c| {
+                diesel::sql_query(&exists).execute(c).is_ok_and(|n| n == 1)
+            })),
+            "the free row reached every node"
+        );
+        let before = conflicts_so_far(&cluster);
+        let matched = race_text(&mut conns, |i| {
+            acquire_text(&name, &format!("node{}", i + 1))
+        });
+        let after = conflicts_so_far(&cluster);
+        aborted += (after.0 - before.0) + (after.1 - before.1);
+        reported += matched.iter().filter(|m| m.is_none()).count();
+        refused += matched.iter().filter(|m| **m == Some(0)).count();
+        let winners: Vec<usize> = (0..matched.len())
+            .filter(|&i| matched[i] == Some(1))
+            .collect();
+        assert!(
+            winners.len() <= 1,
+            "round {round}: nodes {winners:?} all took {name}: {matched:?}"
+        );
+    }
+    println!(
+        "re-run [Galera, wsrep_retry_autocommit=10, text protocol]: {rounds} rounds of 3 \
+         nodes: never two winners; {refused} refused, {reported} conflicts reached the \
+         client, {aborted} certification failures and brute-force aborts in the cluster"
+    );
+    assert!(
+        aborted > 0,
+        "no statement was aborted, so nothing was re-run and this test showed nothing"
+    );
+}
+
+/// A holder on node 1, a waiter on node 2: the waiter is refused while the lock is held
+/// and takes it once node 1 releases.
+#[test]
+fn a_waiter_on_node_2_takes_over_when_node_1_releases() {
+    let cluster = cluster();
+    let name = unique_name("galera-handoff");
+    let holder = cluster.nodes[0].locks();
+    let guard = holder.lock(&name).acquire().unwrap();
+    let token = guard.token().unwrap();
+    for node in &cluster.nodes[1..] {
+        if let Outcome::Acquired(_) = attempt(&node.locks(), &name) {
+            panic!("{} took {name} while node 1 held it", node.url);
+        }
+    }
+    let waiter = cluster.nodes[1].locks();
+    let acquired = Arc::new(AtomicBool::new(false));
+    let (flag, wanted) = (Arc::clone(&acquired), name.clone());
+    let waiting = std::thread::spawn(move || {
+        let result = waiter
+            .lock(&wanted)
+            .retry(Some(Duration::from_millis(50)))
+            .timeout(Duration::from_secs(60))
+            .acquire();
+        flag.store(true, Ordering::SeqCst);
+        (result, Instant::now())
+    });
+    // Whatever the waiter did meanwhile, it must not have got in while node 1 held it.
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(!acquired.load(Ordering::SeqCst), "the waiter got in");
+    assert!(guard.verify().unwrap(), "node 1 still holds it");
+    let released = Instant::now();
+    // The row still carried node 1's owner and token: nobody took it meanwhile.
+    guard.release().unwrap();
+    let (result, at) = waiting.join().unwrap();
+    let second = result.unwrap();
+    println!(
+        "hand-off [Galera]: node 1 -> node 2 in {:.3} s (waiter polling every 50 ms)",
+        at.duration_since(released).as_secs_f64()
+    );
+    assert_eq!(second.token(), Some(token + 1));
+    assert!(second.verify().unwrap());
+    second.release().unwrap();
+}
+
+/// A lock stolen through node 3 (another owner and token written into the row) is
+/// reported lost by its holder on node 1 at its next renewal, while the original lease
+/// still runs by the database's clock; its token no longer verifies.
+#[test]
+fn a_lock_stolen_through_node_3_is_reported_lost_on_node_1() {
+    let cluster = cluster();
+    let locks = cluster.nodes[0].locks();
+    let observer = cluster.nodes[0].locks();
+    let name = unique_name("galera-stolen");
+    let (tx, rx) = mpsc::channel();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let (counted, observed) = (Arc::clone(&calls), name.clone());
+    let guard = locks
+        .lock(&name)
+        .lock_ttl(Some(Duration::from_secs(3)))
+        .lock_ttl_renew(Duration::from_millis(1500))
+        .lost_lock_cb(move |lost| {
+            counted.fetch_add(1, Ordering::SeqCst);
+            // The renewal through node 1 saw the theft, so node 1 has applied it.
+            let left = observer
+                .inspect(&observed)
+                .ok()
+                .flatten()
+                .and_then(|r| r.expires_in);
+            let _ = tx.send((lost.clone(), left));
+        })
+        .acquire()
+        .unwrap();
+    let token = guard.token().unwrap();
+    let thief = &cluster.nodes[2];
+    // The row reaches node 3 shortly after node 1 committed it.
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            thief
+                .try_exec(&format!(
+                    "UPDATE database_locks_lock SET locked_by = 'thief', token = token + 1 \
+                     WHERE name = '{name}' AND token = {token}"
+                ))
+                .is_ok_and(|n| n == 1)
+        }),
+        "stole the row through node 3"
+    );
+    let (lost, left) = rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("lost_lock_cb ran");
+    println!(
+        "stolen [Galera]: stolen through node 3, reported on node 1 with {left:?} s of the \
+         original lease left: {}",
+        lost.reason
+    );
+    assert_eq!(lost.name, name);
+    assert_eq!(lost.token, token);
+    assert!(
+        left.is_some_and(|s| s > 0.0),
+        "reported with {left:?} s of the original lease left"
+    );
+    assert!(guard.is_lost());
+    assert!(!guard.verify().unwrap(), "the old token still verifies");
+    assert!(matches!(guard.release(), Err(Error::Lost { .. })));
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    // The thief's row is what every node ends up with.
+    for node in &cluster.nodes {
+        let locks = node.locks();
+        assert!(
+            eventually(Duration::from_secs(10), || {
+                locks.inspect(&name).unwrap().is_some_and(|r| {
+                    r.locked_by.as_deref() == Some("thief") && r.token as u64 == token + 1
+                })
+            }),
+            "{} has the thief's row",
+            node.url
+        );
+    }
+}
+
+/// How many of `rounds` `verify()` calls through `holder` (node 1) still say "ours" right
+/// after a theft committed through node 3. Each round waits until node 3 has the holder's
+/// row, steals it there, then asks node 1 at once.
+fn stale_verifies(holder: &Locks, thief_url: &str, rounds: usize) -> usize {
+    let mut thief = connect(thief_url);
+    let mut stale = 0;
+    for _ in 0..rounds {
+        let name = unique_name("galera-verify");
+        let guard = holder
+            .lock(&name)
+            .auto_renew(false)
+            .lock_ttl(Some(Duration::from_secs(60)))
+            .acquire()
+            .unwrap();
+        let token = guard.token().unwrap();
+        let steal = format!(
+            "UPDATE database_locks_lock SET locked_by = 'thief', token = token + 1 \
+             WHERE name = '{name}' AND token = {token}"
+        );
+        assert!(
+            eventually(Duration::from_secs(10), || diesel::sql_query(&steal)
+                .execute(&mut thief)
+                .is_ok_and(|n| n == 1)),
+            "stole {name} through node 3"
+        );
+        if guard.verify().unwrap() {
+            stale += 1;
+        }
+        assert!(matches!(guard.release(), Err(Error::Lost { .. })));
+    }
+    stale
+}
+
+/// `verify()` is the one read whose answer a caller acts on: after a theft has committed
+/// anywhere in the cluster, it must not say "ours". A node answers reads from what it has
+/// applied so far, unless `wsrep_sync_wait` makes the read wait for the cluster first.
+/// Fails until the crate's MySQL connections set it (docs/galera-readme-section.md).
+#[test]
+fn verify_right_after_a_theft_on_another_node() {
+    let cluster = cluster();
+    let rounds = 300;
+    let stale = stale_verifies(&cluster.nodes[0].locks(), &cluster.nodes[2].url, rounds);
+    println!(
+        "verify [Galera]: {stale} of {rounds} verify() calls through node 1 right after a \
+         theft committed through node 3 still said \"ours\""
+    );
+    assert_eq!(
+        stale, 0,
+        "verify() answered from a node that had not applied the theft yet"
+    );
+}
+
+/// Makes every read of the connection wait until the node has applied what the cluster
+/// committed before it (bit 1 of `wsrep_sync_wait`), keeping the server's other bits.
+#[derive(Debug)]
+struct SyncWait;
+
+impl CustomizeConnection<MysqlConnection, PoolError> for SyncWait {
+    fn on_acquire(&self, conn: &mut MysqlConnection) -> Result<(), PoolError> {
+        diesel::sql_query("SET SESSION wsrep_sync_wait = @@global.wsrep_sync_wait | 1")
+            .execute(conn)
+            .map(drop)
+            .map_err(PoolError::QueryError)
+    }
+}
+
+/// The same with an application pool whose connections set `wsrep_sync_wait`: the
+/// setting README recommends on Galera.
+#[test]
+fn verify_with_wsrep_sync_wait_sees_a_theft_at_once() {
+    let cluster = cluster();
+    let url = &cluster.nodes[0].url;
+    let pool = Pool::builder()
+        .connection_customizer(Box::new(SyncWait))
+        .build(ConnectionManager::<MysqlConnection>::new(url))
+        .unwrap_or_else(|e| panic!("pool for {url}: {e}"));
+    let holder = Locks::from_pool(pool, Config::new(url.as_str()));
+    let rounds = 300;
+    let stale = stale_verifies(&holder, &cluster.nodes[2].url, rounds);
+    println!(
+        "verify [Galera, wsrep_sync_wait=1]: {stale} of {rounds} verify() calls said \"ours\" \
+         after the theft"
+    );
+    assert_eq!(stale, 0, "verify() answered from a stale node");
+}
+
+/// Processes on the three nodes upgrade a table created by Django's migration at the
+/// same moment. `GET_LOCK`, which serialises migrations on one server, is per node on
+/// Galera, so each may find the `token` column missing and add it. Fails until `migrate`
+/// takes "Duplicate column name" as done (docs/galera-readme-section.md).
+#[test]
+fn three_nodes_upgrade_a_django_table_at_once() {
+    let cluster = cluster();
+    let admin = &cluster.nodes[0];
+    for round in 0..3 {
+        let database = format!("dl_galera_{}_{round}", std::process::id());
+        admin.exec(&format!("CREATE DATABASE {database}"));
+        let _dropped = DropDatabase(admin, &database);
+        admin.exec(&format!(
+            "CREATE TABLE {database}.`database_locks_lock` (`id` integer AUTO_INCREMENT NOT NULL PRIMARY KEY, \
+             `name` varchar(255) NOT NULL UNIQUE, `locked_by` longtext NULL, `expires_at` datetime(6) NULL)"
+        ));
+        let urls: Vec<String> = cluster
+            .nodes
+            .iter()
+            .map(|n| format!("{}/{database}", n.url.rsplit_once('/').unwrap().0))
+            .collect();
+        for url in &urls {
+            assert!(
+                eventually(Duration::from_secs(30), || {
+                    MysqlConnection::establish(url).is_ok_and(|mut c| {
+                        diesel::sql_query("SELECT 1 FROM database_locks_lock LIMIT 1")
+                            .execute(&mut c)
+                            .is_ok()
+                    })
+                }),
+                "{url} has Django's table"
+            );
+        }
+        let handles: Vec<Locks> = urls
+            .iter()
+            .map(|u| Locks::new(Config::new(u.as_str())).unwrap())
+            .collect();
+        let barrier = Barrier::new(handles.len());
+        let results: Vec<Result<Migration, Error>> = std::thread::scope(|s| {
+            let running: Vec<_> = handles
+                .iter()
+                .map(|locks| {
+                    let barrier = &barrier;
+                    s.spawn(move || {
+                        barrier.wait();
+                        locks.migrate()
+                    })
+                })
+                .collect();
+            running.into_iter().map(|t| t.join().unwrap()).collect()
+        });
+        println!("migrate [Galera] round {round}: {results:?}");
+        for (url, result) in urls.iter().zip(&results) {
+            assert!(
+                result.is_ok(),
+                "migrating through {url} while the other nodes did too: {result:?}"
+            );
+        }
+        let guard = handles[1].lock("after-upgrade").acquire().unwrap();
+        guard.release().unwrap();
+    }
+}
+
+struct DropDatabase<'a>(&'a Db, &'a str);
+
+impl Drop for DropDatabase<'_> {
+    fn drop(&mut self) {
+        let _ = self
+            .0
+            .try_exec(&format!("DROP DATABASE IF EXISTS {}", self.1));
+    }
+}
+
+/// Starts the cluster's missing nodes again (`scripts/galera start`), also when the test
+/// fails half-way, so the cluster is left healthy.
+struct Restore {
+    done: bool,
+}
+
+impl Restore {
+    fn run() -> Result<(), String> {
+        let out = Command::new(SCRIPT)
+            .arg("start")
+            .output()
+            .map_err(|e| format!("{SCRIPT}: {e}"))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(format!(
+                "{SCRIPT} start: {}: {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            ))
+        }
+    }
+
+    fn now(&mut self) {
+        self.done = true;
+        Restore::run().unwrap();
+    }
+}
+
+impl Drop for Restore {
+    fn drop(&mut self) {
+        if !self.done {
+            if let Err(e) = Restore::run() {
+                eprintln!("could not restore the cluster: {e}");
+            }
+        }
+    }
+}
+
+/// The node a holder renews through is shut down while it holds the lock (its URL names
+/// that one node). Renewal fails, and the holder reports the loss while the lease still
+/// runs by the other nodes' clock; once it ends, a process on another node takes the
+/// lock. The node is started again afterwards and catches up.
+#[test]
+fn a_holder_whose_node_stops_reports_the_loss_before_its_lease_ends() {
+    let cluster = cluster();
+    let (node1, node2, node3) = (&cluster.nodes[0], &cluster.nodes[1], &cluster.nodes[2]);
+    let name = unique_name("galera-node-down");
+    let mut child = helper(&["watch", &node3.url, &name, "4", "2", "120"])
+        .spawn()
+        .unwrap();
+    let rx = lines(child.stdout.take().unwrap());
+    let acquired = expect_line(&rx, "acquired", Duration::from_secs(30));
+    let token: i64 = acquired["acquired ".len()..].parse().unwrap();
+    let observer = node1.locks();
+    assert!(
+        eventually(Duration::from_secs(10), || observer
+            .inspect(&name)
+            .unwrap()
+            .is_some_and(|r| r.token == token)),
+        "node 1 has the holder's row"
+    );
+    let mut restore = Restore { done: false };
+    let stopped = Instant::now();
+    // SHUTDOWN answers before the server goes away, or the connection drops first.
+    let _ = node3.try_exec("SHUTDOWN");
+    assert!(
+        eventually(Duration::from_secs(120), || node3
+            .try_exec("SELECT 1")
+            .is_err()),
+        "{} still answers after SHUTDOWN",
+        node3.url
+    );
+    let lost = expect_line(&rx, "lost", Duration::from_secs(30));
+    let reported = stopped.elapsed();
+    let row = observer.inspect(&name).unwrap().unwrap();
+    let left = row.expires_in.unwrap();
+    println!(
+        "node down [Galera]: holder on node 3 reported {lost:?} {:.2} s after the shutdown, \
+         with {left:.3} s of its lease left by node 1's clock",
+        reported.as_secs_f64()
+    );
+    assert!(left > 0.0, "reported after the lease ran out");
+    assert_eq!(row.token, token, "nobody else got in meanwhile");
+    // The two remaining nodes go on: once the lease is over, node 2 takes the lock.
+    let second = node2
+        .locks()
+        .lock(&name)
+        .timeout(Duration::from_secs(30))
+        .acquire()
+        .unwrap();
+    assert_eq!(second.token(), Some(token as u64 + 1));
+    let back = Instant::now();
+    restore.now();
+    println!(
+        "node down [Galera]: node 3 rejoined and Synced in {:.1} s",
+        back.elapsed().as_secs_f64()
+    );
+    // The restarted node caught up: it sees the new holder and refuses the lock.
+    let rejoined = node3.locks();
+    assert!(
+        eventually(Duration::from_secs(30), || rejoined
+            .inspect(&name)
+            .unwrap()
+            .is_some_and(|r| r.token == token + 1)),
+        "node 3 has the new holder's row"
+    );
+    assert!(matches!(
+        attempt(&rejoined, &name),
+        Outcome::Held | Outcome::Conflict
+    ));
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(second.verify().unwrap());
+    second.release().unwrap();
+}
+
+fn port_of(url: &str) -> u16 {
+    let rest = url.split_once('@').map_or(url, |(_, r)| r);
+    let host_port = rest.split('/').next().unwrap();
+    host_port
+        .rsplit_once(':')
+        .map_or(3306, |(_, p)| p.parse().unwrap())
+}
+
+fn pipe(mut from: TcpStream, mut to: TcpStream) {
+    std::thread::spawn(move || {
+        let _ = std::io::copy(&mut from, &mut to);
+        let _ = to.shutdown(Shutdown::Both);
+        let _ = from.shutdown(Shutdown::Both);
+    });
+}
+
+/// A TCP proxy that hands each new connection to the first of `upstreams` that accepts
+/// it, as HAProxy or ProxySQL in front of a Galera cluster would. Returns its port.
+fn failover_proxy(upstreams: Vec<u16>) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for client in listener.incoming() {
+            let Ok(client) = client else { continue };
+            let Some(server) = upstreams
+                .iter()
+                .find_map(|p| TcpStream::connect(("127.0.0.1", *p)).ok())
+            else {
+                continue;
+            };
+            pipe(client.try_clone().unwrap(), server.try_clone().unwrap());
+            pipe(server, client);
+        }
+    });
+    port
+}
+
+/// The holder reaches the cluster through a proxy that prefers node 3 and falls back to
+/// node 1. Node 3 is shut down while it holds the lock: renewal reconnects through the
+/// proxy to node 1, where the row is, and the lock is kept.
+#[test]
+fn a_holder_behind_a_failover_proxy_keeps_its_lock_when_its_node_stops() {
+    let cluster = cluster();
+    let (node1, node3) = (&cluster.nodes[0], &cluster.nodes[2]);
+    let proxy = failover_proxy(vec![port_of(&node3.url), port_of(&node1.url)]);
+    let url = node3
+        .url
+        .replace(&format!(":{}/", port_of(&node3.url)), &format!(":{proxy}/"));
+    let name = unique_name("galera-failover");
+    // Renewal every 3 s; 10 s held, so renewals run both before and after the failover.
+    let mut child = helper(&["watch", &url, &name, "6", "3", "10"])
+        .spawn()
+        .unwrap();
+    let rx = lines(child.stdout.take().unwrap());
+    let acquired = expect_line(&rx, "acquired", Duration::from_secs(30));
+    let token: i64 = acquired["acquired ".len()..].parse().unwrap();
+    let observer = node1.locks();
+    assert!(
+        eventually(Duration::from_secs(10), || observer
+            .inspect(&name)
+            .unwrap()
+            .is_some_and(|r| r.token == token)),
+        "node 1 has the holder's row"
+    );
+    let mut restore = Restore { done: false };
+    let _ = node3.try_exec("SHUTDOWN");
+    assert!(
+        eventually(Duration::from_secs(120), || node3
+            .try_exec("SELECT 1")
+            .is_err()),
+        "{} still answers after SHUTDOWN",
+        node3.url
+    );
+    let left_at_stop = observer
+        .inspect(&name)
+        .unwrap()
+        .unwrap()
+        .expires_in
+        .unwrap();
+    // A renewal through node 1 pushes the expiry out again.
+    assert!(
+        eventually(Duration::from_secs(15), || observer
+            .inspect(&name)
+            .unwrap()
+            .and_then(|r| r.expires_in)
+            .is_some_and(|left| left > left_at_stop + 1.0)),
+        "renewed through node 1 after node 3 stopped"
+    );
+    assert!(matches!(
+        attempt(&observer, &name),
+        Outcome::Held | Outcome::Conflict
+    ));
+    let status = wait_exit(&mut child, Duration::from_secs(60));
+    let rest: Vec<String> = rx.try_iter().collect();
+    println!("failover [Galera]: holder behind the proxy after node 3 stopped: {status}, {rest:?}");
+    assert!(status.success(), "holder exited {status}: {rest:?}");
+    assert!(!rest.iter().any(|l| l.starts_with("lost")), "{rest:?}");
+    assert_eq!(
+        observer.inspect(&name).unwrap().unwrap().state(),
+        "released"
+    );
+    restore.now();
+}
