@@ -8,6 +8,7 @@ use crate::backend::Attempt;
 use crate::backend::Failure;
 use crate::error::{Error, Result};
 use crate::guard::LockGuard;
+use crate::local::Wake;
 use crate::locks::{default_owner, transient, Locks};
 use crate::renewer::{LeaseState, LostCallback, LostLock};
 
@@ -207,61 +208,67 @@ impl LockBuilder {
         let started = Instant::now();
         let deadline = self.timeout.map(|t| started + t);
         let local = &locks.inner.local;
-        local.start_waiting();
-        let _waiting = scopeguard(|| local.stop_waiting());
+        // Registered until this function returns; a waiting acquisition joins the name's
+        // queue (see `local.rs`): only its front polls, and a release hands the front the
+        // next attempt.
+        let (waiter, mut attempt) = local.enqueue(&self.name, &owner, retry.is_some());
         let mut holder = None;
+        let mut wake_at = None;
         let mut repaired = false;
         loop {
-            let seen = local.release_count(&self.name);
-            let sent = Instant::now();
-            let mut wake_at = None;
-            let attempt = locks
-                .prepare()
-                .and_then(|()| locks.store().try_acquire(&self.name, &owner, ttl));
-            match attempt {
-                Ok(Attempt::Acquired { token }) => {
-                    let lease = Arc::new(LeaseState::new(
-                        self.name,
-                        owner,
-                        token,
-                        ttl,
-                        ttl_renew,
-                        sent,
-                        self.lost_lock_cb,
-                    ));
-                    if self.auto_renew && ttl.is_some() {
-                        locks.renewer()?.add(Arc::clone(&lease), sent);
+            if attempt {
+                waiter.begin_attempt();
+                let sent = Instant::now();
+                wake_at = None;
+                let result = locks
+                    .prepare()
+                    .and_then(|()| locks.store().try_acquire(&self.name, &owner, ttl));
+                match result {
+                    Ok(Attempt::Acquired { token }) => {
+                        let lease = Arc::new(LeaseState::new(
+                            self.name,
+                            owner,
+                            token,
+                            ttl,
+                            ttl_renew,
+                            sent,
+                            self.lost_lock_cb,
+                        ));
+                        if self.auto_renew && ttl.is_some() {
+                            locks.renewer()?.add(Arc::clone(&lease), sent);
+                        }
+                        tracing::debug!(lock = %lease.name, owner = %lease.owner, token, "lock acquired");
+                        return Ok(Some(LockGuard::held(
+                            locks.clone(),
+                            lease,
+                            self.lock_at_least_for,
+                        )));
                     }
-                    tracing::debug!(lock = %lease.name, owner = %lease.owner, token, "lock acquired");
-                    return Ok(Some(LockGuard::held(
-                        locks.clone(),
-                        lease,
-                        self.lock_at_least_for,
-                    )));
+                    Ok(Attempt::Held {
+                        holder: seen_holder,
+                        expires_in,
+                    }) => {
+                        holder = seen_holder.or(holder);
+                        // The holder's lease ends before the next poll: try right after it.
+                        wake_at =
+                            expires_in.map(|left| Instant::now() + left + Duration::from_millis(1));
+                    }
+                    Err(err)
+                        if err.failure == Failure::MissingTable
+                            && !repaired
+                            && settings.auto_migrate =>
+                    {
+                        repaired = true;
+                        locks.table_missing();
+                        continue;
+                    }
+                    // Waited out only by an acquisition that waits; a single attempt reports it.
+                    Err(err) if transient(&err) && retry.is_some() => {
+                        tracing::debug!(lock = %self.name, "acquire attempt failed, will retry: {}", err.error);
+                    }
+                    Err(err) => return Err(err.error),
                 }
-                Ok(Attempt::Held {
-                    holder: seen_holder,
-                    expires_in,
-                }) => {
-                    holder = seen_holder.or(holder);
-                    // The holder's lease ends before the next poll: try right after it.
-                    wake_at =
-                        expires_in.map(|left| Instant::now() + left + Duration::from_millis(1));
-                }
-                Err(err)
-                    if err.failure == Failure::MissingTable
-                        && !repaired
-                        && settings.auto_migrate =>
-                {
-                    repaired = true;
-                    locks.table_missing();
-                    continue;
-                }
-                // Waited out only by an acquisition that waits; a single attempt reports it.
-                Err(err) if transient(&err) && retry.is_some() => {
-                    tracing::debug!(lock = %self.name, "acquire attempt failed, will retry: {}", err.error);
-                }
-                Err(err) => return Err(err.error),
+                waiter.end_attempt();
             }
             let Some(retry) = retry else {
                 if once {
@@ -280,30 +287,33 @@ impl LockBuilder {
                     holder,
                 });
             }
-            let mut next = now + retry;
-            if let Some(at) = wake_at {
-                next = next.min(at);
+            // Releases elsewhere wake waiters through the handle's listener (PostgreSQL),
+            // started by the first wait; releases it missed while starting are made up
+            // for by an attempt of every queue's front once it listens.
+            local.listen(&locks.inner.store);
+            // Only the front of the queue polls, at the retry period or right after the
+            // holder's known expiry; the others wait to be handed an attempt.
+            let front = waiter.is_front();
+            let mut next = deadline.unwrap_or(now + IDLE_CHECK);
+            if front {
+                next = next.min(now + retry);
+                if let Some(at) = wake_at {
+                    next = next.min(at);
+                }
             }
-            if let Some(d) = deadline {
-                next = next.min(d);
-            }
-            local.wait_for_release(&self.name, seen, next);
+            attempt = match waiter.wait(next, front) {
+                Wake::Turn => true,
+                Wake::Promoted => false,
+                // A waiter that is not at the front wakes on the deadline only.
+                Wake::Timer => front || deadline.is_some_and(|d| Instant::now() >= d),
+            };
         }
     }
 }
 
-/// Runs `f` when dropped.
-fn scopeguard(f: impl FnOnce()) -> impl Drop {
-    struct Guard<F: FnOnce()>(Option<F>);
-    impl<F: FnOnce()> Drop for Guard<F> {
-        fn drop(&mut self) {
-            if let Some(f) = self.0.take() {
-                f();
-            }
-        }
-    }
-    Guard(Some(f))
-}
+/// How long a waiter that is not at the front of its queue sleeps at most before looking
+/// at its state again (it does not poll the database then).
+const IDLE_CHECK: Duration = Duration::from_secs(3600);
 
 pub(crate) fn validate_name(name: &str) -> Result<()> {
     let chars = name.chars().count();

@@ -55,6 +55,7 @@ pub struct Config {
     pub(crate) auto_migrate: bool,
     pub(crate) pool_max_size: u32,
     pub(crate) connect_timeout: Duration,
+    pub(crate) notify: bool,
 }
 
 impl Config {
@@ -70,6 +71,7 @@ impl Config {
             auto_migrate: true,
             pool_max_size: 10,
             connect_timeout: Duration::from_secs(10),
+            notify: true,
         }
     }
 
@@ -82,6 +84,7 @@ impl Config {
     /// | `DATABASE_LOCKS_STATUS_FILE` | a file showing `0` idle, `1` acquiring, `2` held | none |
     /// | `DATABASE_LOCKS_DEFAULT_TTL` | lease length in seconds, or `none` for no expiry | `10` |
     /// | `DATABASE_LOCKS_DEFAULT_TTL_RENEW` | renew this many seconds before expiry | `2` |
+    /// | `DATABASE_LOCKS_NOTIFY` | `false`: waiters do not `LISTEN` for releases (PostgreSQL), see [`Config::notify`] | `true` |
     ///
     /// A malformed value is an [`Error::Config`] that names the variable.
     pub fn from_env() -> Result<Self> {
@@ -117,6 +120,9 @@ impl Config {
         }
         if let Some(value) = get("DATABASE_LOCKS_DEFAULT_TTL_RENEW") {
             config.default_ttl_renew = parse_seconds("DATABASE_LOCKS_DEFAULT_TTL_RENEW", &value)?;
+        }
+        if let Some(value) = get("DATABASE_LOCKS_NOTIFY") {
+            config.notify = parse_bool("DATABASE_LOCKS_NOTIFY", &value)?;
         }
         Ok(config)
     }
@@ -163,6 +169,33 @@ impl Config {
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.connect_timeout = timeout;
         self
+    }
+
+    /// PostgreSQL: whether waiters are woken by releases in other processes (default
+    /// `true`). Each release sends `NOTIFY`; while a handle has waiters it keeps one
+    /// connection out of its pool that `LISTEN`s, and wakes the first waiter of each
+    /// released name, so a hand-off takes milliseconds instead of up to a retry period.
+    /// Without it, waiters poll at their retry period.
+    ///
+    /// Turn it off where `LISTEN` cannot work, e.g. behind PgBouncer in transaction mode.
+    /// The listener would find out by itself (a second after it starts, it checks that a
+    /// notification of its own arrives; if not, it logs a warning and the handle polls),
+    /// but `LISTEN` through such a pooler leaves its registration on a server connection
+    /// other clients get. Releases still send `NOTIFY`, for the processes that listen.
+    /// Other backends ignore the setting.
+    ///
+    /// ```
+    /// let config = database_locks::Config::new("postgres://app@pgbouncer:6432/app").notify(false);
+    /// assert!(!config.get_notify());
+    /// ```
+    pub fn notify(mut self, notify: bool) -> Self {
+        self.notify = notify;
+        self
+    }
+
+    /// Whether waiters listen for release notifications (PostgreSQL).
+    pub fn get_notify(&self) -> bool {
+        self.notify
     }
 
     /// The database URL.
@@ -308,6 +341,7 @@ mod tests {
         assert_eq!(config.default_ttl, Some(Duration::from_secs(10)));
         assert_eq!(config.default_ttl_renew, Duration::from_secs(2));
         assert_eq!(config.status_file, None);
+        assert!(config.notify);
     }
 
     #[test]
@@ -319,8 +353,10 @@ mod tests {
             ("DATABASE_LOCKS_STATUS_FILE", "/tmp/s"),
             ("DATABASE_LOCKS_DEFAULT_TTL", "2.5"),
             ("DATABASE_LOCKS_DEFAULT_TTL_RENEW", "0.5"),
+            ("DATABASE_LOCKS_NOTIFY", "off"),
         ])
         .unwrap();
+        assert!(!config.notify);
         assert_eq!(config.url, "mysql://root@h/db");
         assert!(!config.enabled);
         assert_eq!(config.status_file, Some(PathBuf::from("/tmp/s")));
@@ -344,6 +380,7 @@ mod tests {
             ("DATABASE_LOCKS_DEFAULT_TTL", "0"),
             ("DATABASE_LOCKS_DEFAULT_TTL_RENEW", "NaN"),
             ("DATABASE_LOCKS_DEFAULT_TTL_RENEW", "1e300"),
+            ("DATABASE_LOCKS_NOTIFY", "sometimes"),
         ] {
             let err = from(&[(var, value)]).unwrap_err();
             assert!(

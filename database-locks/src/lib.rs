@@ -45,6 +45,7 @@ mod error;
 mod guard;
 mod local;
 mod locks;
+mod notify;
 mod renewer;
 mod stmt;
 

@@ -115,7 +115,7 @@ impl Locks {
                     default_ttl_renew: config.default_ttl_renew,
                     auto_migrate: config.auto_migrate,
                 }),
-                local: Local::new(config.status_file.clone()),
+                local: Local::new(config.status_file.clone(), config.notify),
                 renewer: OnceLock::new(),
                 ready: Mutex::new(false),
             }),

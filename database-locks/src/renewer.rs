@@ -1,10 +1,12 @@
 //! Lease keeping: one renewal thread and one watchdog thread per [`Locks`](crate::Locks)
 //! handle, whatever the number of locks held.
 //!
-//! The renewal thread does the I/O. The watchdog never touches the database: it declares
+//! The renewal thread does the I/O: each tick renews every lease that is due in one
+//! statement (up to [`MAX_BATCH`]). The watchdog never touches the database: it declares
 //! a lease lost when its renewal has not succeeded by a margin before the lease ends,
 //! even if the renewal thread is stuck in a statement on a dead connection.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Weak};
@@ -88,6 +90,11 @@ pub(crate) struct LeaseState {
     /// Set when the guard released: renewal stops, loss is no longer reported.
     finished: AtomicBool,
     callback: Option<LostCallback>,
+    /// When the renewer renews it next, as in `give_up_at` (`u64::MAX`: not scheduled).
+    /// Changed only under the renewer's schedule lock.
+    renew_at: AtomicU64,
+    /// The wait before retrying a failed renewal, in nanoseconds.
+    backoff: AtomicU64,
 }
 
 impl fmt::Debug for LeaseState {
@@ -123,6 +130,8 @@ impl LeaseState {
             reason: Mutex::new(None),
             finished: AtomicBool::new(false),
             callback,
+            renew_at: AtomicU64::new(u64::MAX),
+            backoff: AtomicU64::new(0),
         };
         state.extended(sent);
         state
@@ -197,15 +206,84 @@ impl LeaseState {
     }
 }
 
-struct Entry {
-    lease: Arc<LeaseState>,
-    renew_at: Instant,
-    backoff: Duration,
+/// The most leases one renewal statement carries; a larger tick sends several.
+pub(crate) const MAX_BATCH: usize = 10_000;
+
+/// How long the threads sleep when there is nothing to do, at most.
+const IDLE_WAIT: Duration = Duration::from_secs(1);
+
+/// Leases are keyed by the address of their state, which the schedule keeps alive.
+fn key(lease: &Arc<LeaseState>) -> usize {
+    Arc::as_ptr(lease) as usize
+}
+
+/// A lease's renewal period: `ttl - lock_ttl_renew`.
+fn period(lease: &LeaseState) -> Duration {
+    lease
+        .ttl
+        .unwrap_or_default()
+        .saturating_sub(lease.ttl_renew)
+}
+
+/// The leases of a handle, by when they are due. One ordered map and a few words per
+/// lease: a handle may hold thousands.
+#[derive(Default)]
+struct Schedule {
+    due: BTreeMap<(u64, usize), Arc<LeaseState>>,
+    /// The leases the renewal statement running now carries: still watched.
+    in_flight: Vec<Arc<LeaseState>>,
+    /// The longest half period of any lease added: how far ahead a tick looks.
+    horizon: Duration,
+    /// When each thread will wake up next, so that `add` wakes it only for an earlier lease.
+    renew_wake_at: Option<Instant>,
+    watch_wake_at: Option<Instant>,
+}
+
+impl Schedule {
+    fn schedule(&mut self, lease: Arc<LeaseState>, at: Instant) {
+        self.unschedule(&lease);
+        let at = to_nanos(at);
+        lease.renew_at.store(at, Ordering::SeqCst);
+        self.due.insert((at, key(&lease)), lease);
+    }
+
+    fn unschedule(&mut self, lease: &Arc<LeaseState>) {
+        let at = lease.renew_at.swap(u64::MAX, Ordering::SeqCst);
+        if at != u64::MAX {
+            self.due.remove(&(at, key(lease)));
+        }
+    }
+
+    /// Takes out of the schedule every lease a tick at `now` renews: those due, and those
+    /// due within half their period, so that leases acquired at different moments share
+    /// statements instead of each getting one. Renewing early only moves the end of a
+    /// lease later.
+    fn take_due(&mut self, now: Instant) -> Vec<Arc<LeaseState>> {
+        let mut taken = Vec::new();
+        let mut dead = Vec::new();
+        let now_nanos = to_nanos(now);
+        let horizon = to_nanos(now + self.horizon);
+        for (&(at, _), lease) in &self.due {
+            if at > horizon || taken.len() >= MAX_BATCH {
+                break;
+            }
+            if lease.is_finished() || lease.lost.load(Ordering::SeqCst) {
+                dead.push(Arc::clone(lease));
+            } else if at <= now_nanos || at <= to_nanos(now + period(lease) / 2) {
+                taken.push(Arc::clone(lease));
+            }
+        }
+        for lease in dead.iter().chain(&taken) {
+            self.unschedule(lease);
+        }
+        self.in_flight.clone_from(&taken);
+        taken
+    }
 }
 
 #[derive(Default)]
 struct Shared {
-    entries: Mutex<Vec<Entry>>,
+    schedule: Mutex<Schedule>,
     renew_wake: Condvar,
     watch_wake: Condvar,
     shutdown: AtomicBool,
@@ -218,8 +296,9 @@ pub(crate) struct Renewer {
 
 impl fmt::Debug for Renewer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let schedule = self.shared.schedule.lock();
         f.debug_struct("Renewer")
-            .field("leases", &self.shared.entries.lock().len())
+            .field("leases", &(schedule.due.len() + schedule.in_flight.len()))
             .finish()
     }
 }
@@ -240,22 +319,27 @@ impl Renewer {
 
     /// Starts renewing `lease` every `ttl - ttl_renew`, from `sent`.
     pub(crate) fn add(&self, lease: Arc<LeaseState>, sent: Instant) {
-        let Some(ttl) = lease.ttl else { return };
-        let period = ttl.saturating_sub(lease.ttl_renew);
-        self.shared.entries.lock().push(Entry {
-            lease,
-            renew_at: sent + period,
-            backoff: Duration::ZERO,
-        });
-        self.shared.renew_wake.notify_all();
-        self.shared.watch_wake.notify_all();
+        if lease.ttl.is_none() {
+            return;
+        }
+        let renew_at = sent + period(&lease);
+        let give_up_at = lease.give_up_at();
+        let mut schedule = self.shared.schedule.lock();
+        schedule.horizon = schedule.horizon.max(period(&lease) / 2);
+        schedule.schedule(lease, renew_at);
+        // Waking a thread costs a context switch per acquisition: only when it would
+        // otherwise sleep past this lease's first deadline.
+        if schedule.renew_wake_at.is_none_or(|at| renew_at < at) {
+            self.shared.renew_wake.notify_one();
+        }
+        if give_up_at.is_some_and(|g| schedule.watch_wake_at.is_none_or(|at| g < at)) {
+            self.shared.watch_wake.notify_one();
+        }
     }
 
+    /// Stops renewing `lease` (already marked finished by its guard).
     pub(crate) fn remove(&self, lease: &Arc<LeaseState>) {
-        self.shared
-            .entries
-            .lock()
-            .retain(|e| !Arc::ptr_eq(&e.lease, lease));
+        self.shared.schedule.lock().unschedule(lease);
     }
 }
 
@@ -267,28 +351,27 @@ impl Drop for Renewer {
     }
 }
 
-const IDLE_WAIT: Duration = Duration::from_secs(1);
-
 fn renew_loop(shared: &Shared, store: &Weak<dyn Store>) {
     while !shared.shutdown.load(Ordering::SeqCst) {
-        let now = Instant::now();
-        let due: Vec<Arc<LeaseState>> = {
-            let mut entries = shared.entries.lock();
-            entries.retain(|e| !e.lease.is_finished() && !e.lease.lost.load(Ordering::SeqCst));
-            let due: Vec<_> = entries
-                .iter()
-                .filter(|e| e.renew_at <= now)
-                .map(|e| Arc::clone(&e.lease))
-                .collect();
+        let due = {
+            let mut schedule = shared.schedule.lock();
+            let now = Instant::now();
+            let first_due = schedule.due.keys().next().map(|&(at, _)| from_nanos(at));
+            let due = match first_due {
+                Some(at) if at <= now => schedule.take_due(now),
+                _ => Vec::new(),
+            };
             if due.is_empty() {
-                let next = entries
-                    .iter()
-                    .map(|e| e.renew_at)
-                    .min()
-                    .unwrap_or(now + IDLE_WAIT);
-                shared
-                    .renew_wake
-                    .wait_until(&mut entries, next.min(now + IDLE_WAIT));
+                let next = schedule
+                    .due
+                    .keys()
+                    .next()
+                    .map_or(now + IDLE_WAIT, |&(at, _)| {
+                        from_nanos(at).min(now + IDLE_WAIT)
+                    });
+                schedule.renew_wake_at = Some(next);
+                shared.renew_wake.wait_until(&mut schedule, next);
+                schedule.renew_wake_at = None;
                 continue;
             }
             due
@@ -298,6 +381,7 @@ fn renew_loop(shared: &Shared, store: &Weak<dyn Store>) {
     }
 }
 
+/// Renews `due` in one statement and applies each lease's outcome.
 fn renew_batch(shared: &Shared, store: &dyn Store, due: &[Arc<LeaseState>]) {
     let sent = Instant::now();
     let leases: Vec<_> = due
@@ -305,12 +389,13 @@ fn renew_batch(shared: &Shared, store: &dyn Store, due: &[Arc<LeaseState>]) {
         .filter_map(|l| l.ttl.map(|ttl| (l.lease(), ttl)))
         .collect();
     let outcome = store.renew(&leases);
-    let mut entries = shared.entries.lock();
-    for lease in due {
-        let Some(entry) = entries.iter_mut().find(|e| Arc::ptr_eq(&e.lease, lease)) else {
+    let mut schedule = shared.schedule.lock();
+    schedule.in_flight.clear();
+    for (index, lease) in due.iter().enumerate() {
+        if lease.is_finished() {
+            // Released while the statement ran.
             continue;
-        };
-        let index = due.iter().position(|l| Arc::ptr_eq(l, lease)).unwrap_or(0);
+        }
         match &outcome {
             Ok(renewed) if renewed.get(index).copied().unwrap_or(false) => {
                 if lease.is_lost() {
@@ -322,21 +407,21 @@ fn renew_batch(shared: &Shared, store: &dyn Store, due: &[Arc<LeaseState>]) {
                     continue;
                 }
                 lease.extended(sent);
-                let period = lease
-                    .ttl
-                    .unwrap_or_default()
-                    .saturating_sub(lease.ttl_renew);
-                entry.renew_at = sent + period;
-                entry.backoff = Duration::ZERO;
+                lease.backoff.store(0, Ordering::SeqCst);
+                schedule.schedule(Arc::clone(lease), sent + period(lease));
                 tracing::trace!(lock = %lease.name, "lease renewed");
             }
             Ok(_) => lease.declare_lost(
                 "the renewal found another owner or token, or an expired lease".to_owned(),
             ),
             Err(err) if err.failure == Failure::Transient => {
-                entry.backoff = (entry.backoff * 2)
+                let backoff = (Duration::from_nanos(lease.backoff.load(Ordering::SeqCst)) * 2)
                     .clamp(Duration::from_millis(50), Duration::from_millis(500));
-                entry.renew_at = Instant::now() + entry.backoff;
+                lease.backoff.store(
+                    u64::try_from(backoff.as_nanos()).unwrap_or(u64::MAX),
+                    Ordering::SeqCst,
+                );
+                schedule.schedule(Arc::clone(lease), Instant::now() + backoff);
                 tracing::debug!(lock = %lease.name, "renewal failed, retrying: {}", err.error);
             }
             Err(err) => lease.declare_lost(format!("the renewal failed: {}", err.error)),
@@ -345,12 +430,11 @@ fn renew_batch(shared: &Shared, store: &dyn Store, due: &[Arc<LeaseState>]) {
 }
 
 fn watch_loop(shared: &Shared) {
-    let mut entries = shared.entries.lock();
+    let mut schedule = shared.schedule.lock();
     while !shared.shutdown.load(Ordering::SeqCst) {
         let now = Instant::now();
         let mut next = now + IDLE_WAIT;
-        for entry in entries.iter() {
-            let lease = &entry.lease;
+        for lease in schedule.due.values().chain(&schedule.in_flight) {
             if lease.is_finished() || lease.lost.load(Ordering::SeqCst) {
                 continue;
             }
@@ -361,6 +445,181 @@ fn watch_loop(shared: &Shared) {
                 None => {}
             }
         }
-        shared.watch_wake.wait_until(&mut entries, next);
+        schedule.watch_wake_at = Some(next);
+        shared.watch_wake.wait_until(&mut schedule, next);
+        schedule.watch_wake_at = None;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::mpsc;
+
+    use super::*;
+    use crate::backend::pool::OpError;
+    use crate::backend::{Attempt, Listener, LockInfo, Migration};
+    use crate::config::BackendKind;
+
+    /// Renews what it is given, except names listed; reports each batch's names.
+    struct FakeStore {
+        refuse: Vec<String>,
+        batches: Mutex<mpsc::Sender<Vec<String>>>,
+    }
+
+    impl Store for FakeStore {
+        fn kind(&self) -> BackendKind {
+            BackendKind::Sqlite
+        }
+        fn renew(&self, leases: &[(Lease<'_>, Duration)]) -> Result<Vec<bool>, OpError> {
+            let names = leases.iter().map(|(l, _)| l.name.to_owned()).collect();
+            let _ = self.batches.lock().send(names);
+            Ok(leases
+                .iter()
+                .map(|(l, _)| !self.refuse.iter().any(|r| r == l.name))
+                .collect())
+        }
+        fn migrate(&self) -> Result<Migration, OpError> {
+            unimplemented!()
+        }
+        fn columns(&self) -> Result<Vec<String>, OpError> {
+            unimplemented!()
+        }
+        fn try_acquire(&self, _: &str, _: &str, _: Option<Duration>) -> Result<Attempt, OpError> {
+            unimplemented!()
+        }
+        fn release(&self, _: Lease<'_>, _: Option<Duration>) -> Result<bool, OpError> {
+            unimplemented!()
+        }
+        fn verify(&self, _: Lease<'_>) -> Result<bool, OpError> {
+            unimplemented!()
+        }
+        fn list(&self, _: Option<&str>) -> Result<Vec<LockInfo>, OpError> {
+            unimplemented!()
+        }
+        fn force_release(&self, _: &str) -> Result<bool, OpError> {
+            unimplemented!()
+        }
+        fn notify(&self, _: &str) -> Result<(), OpError> {
+            unimplemented!()
+        }
+        fn listener(&self) -> Option<Result<Box<dyn Listener>, OpError>> {
+            None
+        }
+    }
+
+    const TTL: Duration = Duration::from_secs(10);
+    const RENEW: Duration = Duration::from_secs(2);
+
+    /// `n` leases acquired a renewal period ago, so all due now; losses are sent on `lost`.
+    fn due_leases(n: usize, lost: &mpsc::Sender<String>) -> Vec<Arc<LeaseState>> {
+        let sent = Instant::now()
+            .checked_sub(TTL - RENEW)
+            .expect("the clock is past one period");
+        (0..n)
+            .map(|i| {
+                let lost = Mutex::new(lost.clone());
+                let callback: LostCallback = Arc::new(move |l: &LostLock| {
+                    let _ = lost.lock().send(l.name.clone());
+                });
+                Arc::new(LeaseState::new(
+                    format!("lease-{i}"),
+                    "owner".into(),
+                    1,
+                    Some(TTL),
+                    RENEW,
+                    sent,
+                    Some(callback),
+                ))
+            })
+            .collect()
+    }
+
+    fn renewer(refuse: &[&str]) -> (Renewer, Arc<dyn Store>, mpsc::Receiver<Vec<String>>) {
+        let (tx, rx) = mpsc::channel();
+        let store: Arc<dyn Store> = Arc::new(FakeStore {
+            refuse: refuse.iter().map(|s| s.to_string()).collect(),
+            batches: Mutex::new(tx),
+        });
+        let renewer = Renewer::start(Arc::downgrade(&store)).expect("threads");
+        (renewer, store, rx)
+    }
+
+    const BOUND: Duration = Duration::from_secs(30);
+
+    /// Whether `condition` holds within [`BOUND`], looking every few milliseconds.
+    fn eventually(condition: impl Fn() -> bool) -> bool {
+        let until = Instant::now() + BOUND;
+        while Instant::now() < until {
+            if condition() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        false
+    }
+
+    /// Schedules `leases` as due now, under one hold of the schedule's lock, so that the
+    /// first tick sees them all.
+    fn schedule_now(renewer: &Renewer, leases: &[Arc<LeaseState>]) {
+        let now = Instant::now();
+        let mut schedule = renewer.shared.schedule.lock();
+        for lease in leases {
+            schedule.horizon = schedule.horizon.max(period(lease) / 2);
+            schedule.schedule(Arc::clone(lease), now);
+        }
+        renewer.shared.renew_wake.notify_one();
+    }
+
+    #[test]
+    fn due_leases_are_renewed_in_one_statement() {
+        let (renewer, _store, batches) = renewer(&[]);
+        let (lost_tx, lost) = mpsc::channel();
+        let leases = due_leases(500, &lost_tx);
+        schedule_now(&renewer, &leases);
+        let batch = batches.recv_timeout(BOUND).expect("a renewal");
+        assert_eq!(batch.len(), 500);
+        // The outcomes are applied after the statement returns.
+        assert!(eventually(
+            || renewer.shared.schedule.lock().due.len() == 500
+        ));
+        assert!(lost.try_recv().is_err());
+        for lease in &leases {
+            assert!(!lease.is_lost());
+        }
+    }
+
+    #[test]
+    fn leases_due_soon_join_the_statement_of_those_due_now() {
+        let (renewer, _store, batches) = renewer(&[]);
+        let (lost_tx, _lost) = mpsc::channel();
+        let now = Instant::now();
+        let period = TTL - RENEW;
+        // One due now, one due in a quarter period, one in three quarters.
+        for (lease, ahead) in
+            due_leases(3, &lost_tx)
+                .into_iter()
+                .zip([Duration::ZERO, period / 4, period * 3 / 4])
+        {
+            renewer.add(lease, now + ahead - period);
+        }
+        let batch = batches.recv_timeout(BOUND).expect("a renewal");
+        assert_eq!(batch, ["lease-0", "lease-1"]);
+    }
+
+    #[test]
+    fn a_refused_lease_among_many_is_lost_alone() {
+        let (renewer, _store, batches) = renewer(&["lease-3"]);
+        let (lost_tx, lost) = mpsc::channel();
+        let leases = due_leases(20, &lost_tx);
+        schedule_now(&renewer, &leases);
+        assert_eq!(batches.recv_timeout(BOUND).expect("a renewal").len(), 20);
+        assert_eq!(lost.recv_timeout(BOUND).expect("a loss"), "lease-3");
+        for (i, lease) in leases.iter().enumerate() {
+            assert_eq!(lease.is_lost(), i == 3, "lease-{i}");
+        }
+        // Only the others stay scheduled.
+        assert!(eventually(|| renewer.shared.schedule.lock().due.len() == 19));
+        let schedule = renewer.shared.schedule.lock();
+        assert!(schedule.due.values().all(|l| l.name != "lease-3"));
     }
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use diesel::r2d2::R2D2Connection;
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
-use diesel::sql_types::{BigInt, Bool, Double, Nullable, Text};
+use diesel::sql_types::{BigInt, Double, Nullable, Text};
 use diesel::{QueryResult, QueryableByName};
 
 use crate::config::BackendKind;
@@ -146,7 +146,7 @@ pub trait LockConnection: R2D2Connection + Send + 'static + sealed::Sealed {
     ) -> QueryResult<Attempt>;
 
     /// Extends each lease by its ttl if owner and token still match and it has not expired;
-    /// returns, per lease, whether it was extended.
+    /// returns, per lease, whether it was extended. One statement for the whole batch.
     #[doc(hidden)]
     fn renew(&mut self, leases: &[(Lease<'_>, Duration)]) -> QueryResult<Vec<bool>>;
 
@@ -166,6 +166,31 @@ pub trait LockConnection: R2D2Connection + Send + 'static + sealed::Sealed {
     #[doc(hidden)]
     fn force_release(&mut self, name: &str) -> QueryResult<bool>;
 
+    /// Sends `payload` on the release channel (PostgreSQL; elsewhere nothing listens).
+    #[doc(hidden)]
+    fn notify(&mut self, _payload: &str) -> QueryResult<()> {
+        Ok(())
+    }
+
+    /// Starts listening on the release channel; false when the backend has no
+    /// notifications.
+    #[doc(hidden)]
+    fn listen(&mut self) -> QueryResult<bool> {
+        Ok(false)
+    }
+
+    /// The names carried by the notifications that have arrived, without waiting.
+    #[doc(hidden)]
+    fn notifications(&mut self) -> QueryResult<Vec<String>> {
+        Ok(Vec::new())
+    }
+
+    /// Stops listening, before the connection goes back to its pool.
+    #[doc(hidden)]
+    fn unlisten(&mut self) -> QueryResult<()> {
+        Ok(())
+    }
+
     /// Backend-specific messages that mark an error as transient.
     #[doc(hidden)]
     fn transient_message(message: &str) -> bool;
@@ -173,6 +198,14 @@ pub trait LockConnection: R2D2Connection + Send + 'static + sealed::Sealed {
     /// Backend-specific messages that mark a missing table.
     #[doc(hidden)]
     fn missing_table_message(message: &str) -> bool;
+}
+
+/// A connection kept for receiving release notifications.
+#[doc(hidden)]
+pub trait Listener: Send {
+    /// Waits at most `timeout` for notifications; returns the names they carried, empty
+    /// when none came. An error means the connection is gone.
+    fn wait(&mut self, timeout: Duration) -> QueryResult<Vec<String>>;
 }
 
 pub(crate) mod sealed {
@@ -226,26 +259,30 @@ pub(crate) fn breaks_connection(error: &DieselError) -> bool {
     }
 }
 
-/// `ttl` in seconds for SQL, `None` for no expiry.
-pub(crate) fn ttl_secs(ttl: Option<Duration>) -> Option<f64> {
-    ttl.map(|t| t.as_secs_f64())
-}
-
 /// A count of affected rows as "did it match".
 pub(crate) fn matched(rows: usize) -> bool {
     rows > 0
 }
 
+/// A lease a batched renewal extended.
 #[derive(QueryableByName)]
-pub(crate) struct AttemptRow {
-    #[diesel(sql_type = Bool)]
-    pub(crate) acquired: bool,
+pub(crate) struct RenewedRow {
+    #[diesel(sql_type = Text)]
+    pub(crate) name: String,
     #[diesel(sql_type = BigInt)]
     pub(crate) token: i64,
-    #[diesel(sql_type = Nullable<Text>)]
-    pub(crate) holder: Option<String>,
-    #[diesel(sql_type = Nullable<Double>)]
-    pub(crate) expires_in: Option<f64>,
+}
+
+/// Per lease, in the caller's order, whether a row `(name, token)` came back.
+// Which backends use it depends on the features.
+#[allow(dead_code)]
+pub(crate) fn renewed_by_name(leases: &[(Lease<'_>, Duration)], rows: &[RenewedRow]) -> Vec<bool> {
+    let renewed: std::collections::HashSet<(&str, i64)> =
+        rows.iter().map(|r| (r.name.as_str(), r.token)).collect();
+    leases
+        .iter()
+        .map(|(lease, _)| renewed.contains(&(lease.name, lease.token)))
+        .collect()
 }
 
 #[derive(QueryableByName)]
@@ -283,19 +320,15 @@ pub(crate) struct Column {
     pub(crate) name: String,
 }
 
-pub(crate) fn attempt_from(row: Option<AttemptRow>) -> Attempt {
-    match row {
-        Some(row) if row.acquired => Attempt::Acquired { token: row.token },
-        Some(row) => Attempt::Held {
-            holder: row.holder,
-            expires_in: row
-                .expires_in
-                .and_then(|s| Duration::try_from_secs_f64(s.max(0.0)).ok()),
-        },
-        None => Attempt::Held {
-            holder: None,
-            expires_in: None,
-        },
+/// A refused attempt, as the name's row shows it.
+// Which backends use it depends on the features.
+#[allow(dead_code)]
+pub(crate) fn held_by(row: LockInfo) -> Attempt {
+    Attempt::Held {
+        holder: row.locked_by,
+        expires_in: row
+            .expires_in
+            .and_then(|s| Duration::try_from_secs_f64(s.max(0.0)).ok()),
     }
 }
 

@@ -8,17 +8,19 @@
 //! row is inserted, so attempts never burn `AUTO_INCREMENT` values. Owners compare as
 //! binary strings: Django's table may use a case-insensitive collation.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use diesel::mysql::MysqlConnection;
+use diesel::result::Error as DieselError;
 use diesel::{QueryResult, RunQueryDsl};
 
 use super::{
-    matched, migration_outcome, Attempt, Column, Count, InfoRow, Lease, LockConnection, LockInfo,
-    Migration,
+    classify, held_by, matched, migration_outcome, Attempt, Column, Count, Failure, InfoRow, Lease,
+    LockConnection, LockInfo, Migration,
 };
 use crate::config::BackendKind;
-use crate::stmt::{Bind, Stmt};
+use crate::stmt::{json_rows, Bind, Stmt};
 
 const ACQUIRE: &str = "\
 UPDATE database_locks_lock
@@ -33,9 +35,49 @@ INSERT INTO database_locks_lock (name, locked_by, expires_at, token)
 SELECT ?, ?, COALESCE(UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND, '9999-01-01 00:00:00'), 1 FROM DUAL
  WHERE NOT EXISTS (SELECT 1 FROM database_locks_lock WHERE name = ?)";
 
+// One bind: a JSON array of `[index, name, owner, token, ttl µs]`. The JSON side is
+// compared through `JSON_UNQUOTE`, which is coercible: the table's own collation decides
+// (a `JSON_TABLE` column would clash with a Django table's collation), and the unique
+// index on `name` finds each row. The matched-row count says whether all were renewed.
 const RENEW: &str = "\
+UPDATE database_locks_lock l
+  JOIN JSON_TABLE(?, '$[*]' COLUMNS (name JSON PATH '$[1]', owner JSON PATH '$[2]',
+                                      token bigint PATH '$[3]', ttl bigint PATH '$[4]')) j
+    ON l.name = JSON_UNQUOTE(j.name)
+   SET l.expires_at = UTC_TIMESTAMP(6) + INTERVAL j.ttl MICROSECOND
+ WHERE CAST(l.locked_by AS BINARY) = CAST(JSON_UNQUOTE(j.owner) AS BINARY)
+   AND l.token = j.token AND l.expires_at >= UTC_TIMESTAMP(6)";
+
+// Only when the count fell short: which leases the renewal extended, by index. Run right
+// after it on the same connection, so a renewed lease is still live.
+const RENEWED: &str = "\
+SELECT j.i AS n FROM database_locks_lock l
+  JOIN JSON_TABLE(?, '$[*]' COLUMNS (i bigint PATH '$[0]', name JSON PATH '$[1]',
+                                      owner JSON PATH '$[2]', token bigint PATH '$[3]')) j
+    ON l.name = JSON_UNQUOTE(j.name)
+ WHERE CAST(l.locked_by AS BINARY) = CAST(JSON_UNQUOTE(j.owner) AS BINARY)
+   AND l.token = j.token AND l.expires_at >= UTC_TIMESTAMP(6)";
+
+// Servers without `JSON_TABLE` (MySQL 5.7, MariaDB before 10.6): one lease per statement.
+const RENEW_ONE: &str = "\
 UPDATE database_locks_lock SET expires_at = UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND
  WHERE name = ? AND CAST(locked_by AS BINARY) = ? AND token = ? AND expires_at >= UTC_TIMESTAMP(6)";
+
+/// Set once a server refused `RENEW`: from then on this process renews lease by lease.
+static NO_JSON_TABLE: AtomicBool = AtomicBool::new(false);
+
+/// Whether a failed `RENEW` means the server cannot run it at all (no `JSON_TABLE`, or a
+/// collation it cannot reconcile), rather than a failure worth reporting.
+fn batch_unsupported(error: &DieselError) -> bool {
+    let DieselError::DatabaseError(_, info) = error else {
+        return false;
+    };
+    if classify::<MysqlConnection>(error) != Failure::Persistent {
+        return false;
+    }
+    let m = info.message().to_ascii_lowercase();
+    m.contains("json_table") || m.contains("sql syntax") || m.contains("collation")
+}
 
 // `keep_for` NULL makes the new expiry NULL: released.
 const RELEASE: &str = "\
@@ -135,12 +177,7 @@ impl LockConnection for MysqlConnection {
             return Ok(Attempt::Acquired { token });
         }
         if let Some(row) = self.list(Some(name))?.into_iter().next() {
-            return Ok(Attempt::Held {
-                holder: row.locked_by,
-                expires_in: row
-                    .expires_in
-                    .and_then(|s| Duration::try_from_secs_f64(s.max(0.0)).ok()),
-            });
+            return Ok(held_by(row));
         }
         let binds = [
             Bind::Text(name),
@@ -158,6 +195,38 @@ impl LockConnection for MysqlConnection {
     }
 
     fn renew(&mut self, leases: &[(Lease<'_>, Duration)]) -> QueryResult<Vec<bool>> {
+        if !NO_JSON_TABLE.load(Ordering::Relaxed) {
+            let mut order: Vec<(usize, &(Lease<'_>, Duration))> =
+                leases.iter().enumerate().collect();
+            order.sort_by(|a, b| a.1 .0.name.cmp(b.1 .0.name));
+            let rows = json_rows(order, |(i, (lease, ttl)), row| {
+                row.int(i64::try_from(i).unwrap_or(i64::MAX))
+                    .text(lease.name)
+                    .text(lease.owner)
+                    .int(lease.token)
+                    .int(micros(Some(*ttl)).unwrap_or(i64::MAX));
+            });
+            match Stmt::new(RENEW, &[Bind::Text(&rows)]).execute(self) {
+                Ok(n) if n == leases.len() => return Ok(vec![true; leases.len()]),
+                Ok(_) => {
+                    let found: Vec<Count> = Stmt::new(RENEWED, &[Bind::Text(&rows)]).load(self)?;
+                    let mut renewed = vec![false; leases.len()];
+                    for index in found.iter().filter_map(|c| usize::try_from(c.n).ok()) {
+                        if let Some(slot) = renewed.get_mut(index) {
+                            *slot = true;
+                        }
+                    }
+                    return Ok(renewed);
+                }
+                Err(err) if batch_unsupported(&err) => {
+                    NO_JSON_TABLE.store(true, Ordering::Relaxed);
+                    tracing::info!(
+                        "this server cannot renew leases in one statement ({err}); renewing them one by one"
+                    );
+                }
+                Err(err) => return Err(err),
+            }
+        }
         leases
             .iter()
             .map(|(lease, ttl)| {
@@ -167,7 +236,7 @@ impl LockConnection for MysqlConnection {
                     Bind::Text(lease.owner),
                     Bind::BigInt(lease.token),
                 ];
-                Stmt::new(RENEW, &binds).execute(self).map(matched)
+                Stmt::new(RENEW_ONE, &binds).execute(self).map(matched)
             })
             .collect()
     }
@@ -219,6 +288,9 @@ impl LockConnection for MysqlConnection {
             "wsrep",
             "try restarting transaction",
             "query execution was interrupted",
+            // MariaDB 10.11 gives the loser of two concurrent inserts of one new name
+            // error 1467 instead of a duplicate key (reproduced here).
+            "failed to read auto-increment value",
         ]
         .iter()
         .any(|needle| m.contains(needle))

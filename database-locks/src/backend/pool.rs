@@ -2,13 +2,14 @@
 //! classification every operation goes through.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use diesel::r2d2::{ConnectionManager, ManageConnection, Pool, R2D2Connection};
+use diesel::r2d2::{ConnectionManager, ManageConnection, Pool, PooledConnection, R2D2Connection};
 use diesel::QueryResult;
 
 use super::{
-    breaks_connection, classify, Attempt, Failure, Lease, LockConnection, LockInfo, Migration,
+    breaks_connection, classify, Attempt, Failure, Lease, Listener, LockConnection, LockInfo,
+    Migration,
 };
 use crate::config::{mask_url, BackendKind};
 use crate::error::Error;
@@ -36,6 +37,11 @@ pub(crate) trait Store: Send + Sync + 'static {
     fn verify(&self, lease: Lease<'_>) -> Result<bool, OpError>;
     fn list(&self, name: Option<&str>) -> Result<Vec<LockInfo>, OpError>;
     fn force_release(&self, name: &str) -> Result<bool, OpError>;
+    /// Sends `payload` on the release channel (PostgreSQL), to test a listener.
+    fn notify(&self, payload: &str) -> Result<(), OpError>;
+    /// A connection of the pool, kept to listen for releases until dropped; `None` when
+    /// the backend has no notifications.
+    fn listener(&self) -> Option<Result<Box<dyn Listener>, OpError>>;
 }
 
 /// A pooled connection the protocol can run on.
@@ -110,6 +116,7 @@ impl<C: LockConnection> ManageConnection for Manager<C> {
 /// The protocol on an r2d2 pool.
 pub(crate) struct PoolStore<M: ManageConnection> {
     pool: Pool<M>,
+    /// For messages: the password masked.
     url: String,
     /// Until the first connection succeeds, a connect error is a configuration problem
     /// (wrong host, credentials, database) and is reported at once; after that it is an
@@ -130,12 +137,8 @@ where
         }
     }
 
-    fn run<R>(
-        &self,
-        operation: &'static str,
-        f: impl FnOnce(&mut <M::Connection as PooledLockConnection>::Conn) -> QueryResult<R>,
-    ) -> Result<R, OpError> {
-        let mut pooled = self.pool.get().map_err(|e| {
+    fn checkout(&self) -> Result<PooledConnection<M>, OpError> {
+        let pooled = self.pool.get().map_err(|e| {
             let message = e.to_string();
             let failure = if self.connected.load(Ordering::Relaxed) && !rejected(&message) {
                 Failure::Transient
@@ -151,18 +154,35 @@ where
             }
         })?;
         self.connected.store(true, Ordering::Relaxed);
-        f(pooled.conn()).map_err(|source| {
-            if breaks_connection(&source) {
-                pooled.mark_broken();
-            }
-            let failure = classify::<<M::Connection as PooledLockConnection>::Conn>(&source);
-            let error = match failure {
-                Failure::MissingTable => Error::MissingTable,
-                _ => Error::Database { operation, source },
-            };
-            OpError { failure, error }
-        })
+        Ok(pooled)
     }
+
+    fn run<R>(
+        &self,
+        operation: &'static str,
+        f: impl FnOnce(&mut <M::Connection as PooledLockConnection>::Conn) -> QueryResult<R>,
+    ) -> Result<R, OpError> {
+        let mut pooled = self.checkout()?;
+        f(pooled.conn()).map_err(|source| op_error::<M::Connection>(&mut pooled, operation, source))
+    }
+}
+
+/// Classifies a failed statement; a connection that failed at the transport level is kept
+/// out of the pool.
+fn op_error<P: PooledLockConnection>(
+    pooled: &mut P,
+    operation: &'static str,
+    source: diesel::result::Error,
+) -> OpError {
+    if breaks_connection(&source) {
+        pooled.mark_broken();
+    }
+    let failure = classify::<P::Conn>(&source);
+    let error = match failure {
+        Failure::MissingTable => Error::MissingTable,
+        _ => Error::Database { operation, source },
+    };
+    OpError { failure, error }
 }
 
 /// Connect errors that no amount of waiting fixes.
@@ -225,5 +245,76 @@ where
 
     fn force_release(&self, name: &str) -> Result<bool, OpError> {
         self.run("force release", |c| c.force_release(name))
+    }
+
+    fn notify(&self, payload: &str) -> Result<(), OpError> {
+        self.run("notify", |c| c.notify(payload))
+    }
+
+    fn listener(&self) -> Option<Result<Box<dyn Listener>, OpError>> {
+        let mut pooled = match self.checkout() {
+            Ok(pooled) => pooled,
+            Err(err) => return Some(Err(err)),
+        };
+        match pooled.conn().listen() {
+            Ok(true) => Some(Ok(Box::new(PooledListener { pooled }))),
+            Ok(false) => None,
+            Err(source) => Some(Err(op_error::<M::Connection>(
+                &mut pooled,
+                "listen",
+                source,
+            ))),
+        }
+    }
+}
+
+/// How often a listener looks for notifications that arrived. diesel does not expose the
+/// connection's socket, so it cannot block on it; a look is a non-blocking read on the
+/// client, and nothing reaches the server.
+const LISTEN_POLL: Duration = Duration::from_millis(1);
+
+/// A pooled connection that listens while it is out of the pool. It is one the pool
+/// already has, so starting to listen needs no new connection (and no TLS handshake, which
+/// a process exiting meanwhile could crash); it goes back clean (`UNLISTEN`).
+struct PooledListener<M>
+where
+    M: ManageConnection,
+    M::Connection: PooledLockConnection,
+{
+    pooled: PooledConnection<M>,
+}
+
+impl<M> Listener for PooledListener<M>
+where
+    M: ManageConnection,
+    M::Connection: PooledLockConnection,
+{
+    fn wait(&mut self, timeout: Duration) -> QueryResult<Vec<String>> {
+        let until = Instant::now() + timeout;
+        loop {
+            let names = self.pooled.conn().notifications().inspect_err(|source| {
+                if breaks_connection(source) {
+                    self.pooled.mark_broken();
+                }
+            })?;
+            let now = Instant::now();
+            if !names.is_empty() || now >= until {
+                return Ok(names);
+            }
+            std::thread::sleep(LISTEN_POLL.min(until - now));
+        }
+    }
+}
+
+impl<M> Drop for PooledListener<M>
+where
+    M: ManageConnection,
+    M::Connection: PooledLockConnection,
+{
+    fn drop(&mut self) {
+        if let Err(err) = self.pooled.conn().unlisten() {
+            tracing::debug!("closing the notification listener's connection: {err}");
+            self.pooled.mark_broken();
+        }
     }
 }

@@ -4,16 +4,21 @@
 //! one, or report the current holder. It inserts only when the row is missing, so
 //! polling never burns values of the table's `integer` identity sequence (an
 //! `INSERT ... ON CONFLICT` would take one per attempt and run out).
+//!
+//! Renewal takes every due lease in one statement (arrays, `unnest`). Release sends
+//! `NOTIFY` in the same statement; a connection that `LISTEN`s wakes the waiters of its
+//! handle (`notify.rs`).
 
 use std::time::Duration;
 
 use diesel::connection::SimpleConnection;
 use diesel::pg::PgConnection;
-use diesel::{Connection, QueryResult, RunQueryDsl};
+use diesel::sql_types::{BigInt, Bool, Double, Nullable, Text};
+use diesel::{Connection, QueryResult, QueryableByName, RunQueryDsl};
 
 use super::{
-    attempt_from, matched, migration_outcome, ttl_secs, Attempt, AttemptRow, Column, Count,
-    InfoRow, Lease, LockConnection, LockInfo, Migration,
+    matched, migration_outcome, renewed_by_name, Attempt, Column, Count, InfoRow, Lease,
+    LockConnection, LockInfo, Migration, RenewedRow,
 };
 use crate::config::BackendKind;
 use crate::stmt::{Bind, Stmt};
@@ -45,14 +50,32 @@ SELECT false, l.token, l.locked_by,
   FROM database_locks_lock l, p
  WHERE l.name = p.name AND NOT EXISTS (SELECT 1 FROM upd) AND NOT EXISTS (SELECT 1 FROM ins)";
 
+// Binds: names, owners, tokens, ttls in seconds (arrays of one length). Sorted by name,
+// so that two batches lock shared rows in the same order.
 const RENEW: &str = "\
-UPDATE database_locks_lock SET expires_at = clock_timestamp() + make_interval(secs => ?)
- WHERE name = ? AND locked_by = ? AND token = ? AND expires_at >= clock_timestamp()";
+UPDATE database_locks_lock l SET expires_at = clock_timestamp() + make_interval(secs => u.ttl)
+  FROM unnest(CAST(? AS text[]), CAST(? AS text[]), CAST(? AS bigint[]), CAST(? AS float8[]))
+       AS u(name, owner, token, ttl)
+ WHERE l.name = u.name AND l.locked_by = u.owner AND l.token = u.token
+   AND l.expires_at >= clock_timestamp()
+RETURNING l.name, l.token";
 
-// `keep_for` NULL makes the new expiry NULL: released.
+// `keep_for` NULL makes the new expiry NULL: released, and waiters are told (delivered at
+// commit; one message per release, whoever listens).
 const RELEASE: &str = "\
-UPDATE database_locks_lock SET expires_at = clock_timestamp() + make_interval(secs => ?)
- WHERE name = ? AND locked_by = ? AND token = ?";
+WITH r AS (
+  UPDATE database_locks_lock SET expires_at = clock_timestamp() + make_interval(secs => ?)
+   WHERE name = ? AND locked_by = ? AND token = ?
+  RETURNING name, expires_at)
+SELECT CAST(COUNT(*) AS bigint) AS n FROM r
+  LEFT JOIN LATERAL (SELECT pg_notify('database_locks_lock', r.name) WHERE r.expires_at IS NULL) s ON true";
+
+const NOTIFY: &str =
+    "SELECT CAST(1 AS bigint) AS n FROM (SELECT pg_notify('database_locks_lock', ?)) s";
+
+const LISTEN: &str = "LISTEN database_locks_lock";
+
+const UNLISTEN: &str = "UNLISTEN database_locks_lock";
 
 const VERIFY: &str = "\
 SELECT COUNT(*) AS n FROM database_locks_lock
@@ -86,6 +109,43 @@ CREATE TABLE IF NOT EXISTS database_locks_lock (
 CREATE INDEX IF NOT EXISTS database_locks_lock_name_b8cfc81a_like
   ON database_locks_lock (name varchar_pattern_ops);
 ALTER TABLE database_locks_lock ADD COLUMN IF NOT EXISTS token bigint NOT NULL DEFAULT 0;";
+
+/// The channel a release notifies and listeners listen on, named after the table. The
+/// payload is the lock's name.
+const CHANNEL: &str = "database_locks_lock";
+
+/// `ttl` in seconds for SQL, `None` for no expiry.
+fn ttl_secs(ttl: Option<Duration>) -> Option<f64> {
+    ttl.map(|t| t.as_secs_f64())
+}
+
+#[derive(QueryableByName)]
+struct AttemptRow {
+    #[diesel(sql_type = Bool)]
+    acquired: bool,
+    #[diesel(sql_type = BigInt)]
+    token: i64,
+    #[diesel(sql_type = Nullable<Text>)]
+    holder: Option<String>,
+    #[diesel(sql_type = Nullable<Double>)]
+    expires_in: Option<f64>,
+}
+
+fn attempt_from(row: Option<AttemptRow>) -> Attempt {
+    match row {
+        Some(row) if row.acquired => Attempt::Acquired { token: row.token },
+        Some(row) => Attempt::Held {
+            holder: row.holder,
+            expires_in: row
+                .expires_in
+                .and_then(|s| Duration::try_from_secs_f64(s.max(0.0)).ok()),
+        },
+        None => Attempt::Held {
+            holder: None,
+            expires_in: None,
+        },
+    }
+}
 
 impl super::sealed::Sealed for PgConnection {}
 
@@ -123,18 +183,20 @@ impl LockConnection for PgConnection {
     }
 
     fn renew(&mut self, leases: &[(Lease<'_>, Duration)]) -> QueryResult<Vec<bool>> {
-        leases
-            .iter()
-            .map(|(lease, ttl)| {
-                let binds = [
-                    Bind::Double(Some(ttl.as_secs_f64())),
-                    Bind::Text(lease.name),
-                    Bind::Text(lease.owner),
-                    Bind::BigInt(lease.token),
-                ];
-                Stmt::new(RENEW, &binds).execute(self).map(matched)
-            })
-            .collect()
+        let mut order: Vec<&(Lease<'_>, Duration)> = leases.iter().collect();
+        order.sort_by(|a, b| a.0.name.cmp(b.0.name));
+        let names: Vec<&str> = order.iter().map(|(l, _)| l.name).collect();
+        let owners: Vec<&str> = order.iter().map(|(l, _)| l.owner).collect();
+        let tokens: Vec<i64> = order.iter().map(|(l, _)| l.token).collect();
+        let ttls: Vec<f64> = order.iter().map(|(_, ttl)| ttl.as_secs_f64()).collect();
+        let binds = [
+            Bind::TextArray(&names),
+            Bind::TextArray(&owners),
+            Bind::BigIntArray(&tokens),
+            Bind::DoubleArray(&ttls),
+        ];
+        let rows: Vec<RenewedRow> = Stmt::new(RENEW, &binds).load(self)?;
+        Ok(renewed_by_name(leases, &rows))
     }
 
     fn release(&mut self, lease: Lease<'_>, keep_for: Option<Duration>) -> QueryResult<bool> {
@@ -144,7 +206,34 @@ impl LockConnection for PgConnection {
             Bind::Text(lease.owner),
             Bind::BigInt(lease.token),
         ];
-        Stmt::new(RELEASE, &binds).execute(self).map(matched)
+        let rows: Vec<Count> = Stmt::new(RELEASE, &binds).load(self)?;
+        Ok(rows.first().is_some_and(|c| c.n > 0))
+    }
+
+    fn notify(&mut self, payload: &str) -> QueryResult<()> {
+        let _: Vec<Count> = Stmt::new(NOTIFY, &[Bind::Text(payload)]).load(self)?;
+        Ok(())
+    }
+
+    fn listen(&mut self) -> QueryResult<bool> {
+        // The simple protocol: nothing is prepared for it.
+        self.batch_execute(LISTEN)?;
+        Ok(true)
+    }
+
+    fn notifications(&mut self) -> QueryResult<Vec<String>> {
+        let mut names = Vec::new();
+        for notification in self.notifications_iter() {
+            let notification = notification?;
+            if notification.channel == CHANNEL {
+                names.push(notification.payload);
+            }
+        }
+        Ok(names)
+    }
+
+    fn unlisten(&mut self) -> QueryResult<()> {
+        self.batch_execute(UNLISTEN)
     }
 
     fn verify(&mut self, lease: Lease<'_>) -> QueryResult<bool> {

@@ -1,5 +1,5 @@
-//! SQLite: one upsert statement per acquire, with the database file shared by every
-//! process in WAL mode.
+//! SQLite: one conditional `UPDATE` per acquire (an `INSERT` for a new name), with the
+//! database file shared by every process in WAL mode.
 //!
 //! Times are UTC text in Django's layout (`2026-11-26 10:59:52.711000`): SQLite's clock
 //! has millisecond resolution, padded to Django's six digits so that text comparison
@@ -13,27 +13,43 @@ use diesel::sqlite::SqliteConnection;
 use diesel::{QueryResult, QueryableByName, RunQueryDsl};
 
 use super::{
-    matched, migration_outcome, Attempt, Column, Count, InfoRow, Lease, LockConnection, LockInfo,
-    Migration,
+    held_by, matched, migration_outcome, renewed_by_name, Attempt, Column, Count, InfoRow, Lease,
+    LockConnection, LockInfo, Migration, RenewedRow,
 };
 use crate::config::BackendKind;
-use crate::stmt::{Bind, Stmt};
+use crate::stmt::{json_rows, Bind, Stmt};
 
+// Takes an existing row if it is free, expired or ours. An `UPDATE`, not an upsert: an
+// upsert writes `sqlite_sequence` (AUTOINCREMENT) on every attempt, one more page per
+// commit.
 const ACQUIRE: &str = "\
-INSERT INTO database_locks_lock (name, locked_by, expires_at, token)
-VALUES (?, ?, COALESCE(strftime('%Y-%m-%d %H:%M:%f', 'now', ?) || '000', '9999-01-01 00:00:00.000000'), 1)
-ON CONFLICT (name) DO UPDATE
-   SET locked_by = excluded.locked_by, expires_at = excluded.expires_at,
-       token = database_locks_lock.token + 1
- WHERE database_locks_lock.expires_at IS NULL
-    OR database_locks_lock.expires_at < strftime('%Y-%m-%d %H:%M:%f', 'now') || '000'
-    OR database_locks_lock.locked_by = excluded.locked_by
+UPDATE database_locks_lock
+   SET locked_by = ?,
+       expires_at = COALESCE(strftime('%Y-%m-%d %H:%M:%f', 'now', ?) || '000', '9999-01-01 00:00:00.000000'),
+       token = token + 1
+ WHERE name = ?
+   AND (expires_at IS NULL OR expires_at < strftime('%Y-%m-%d %H:%M:%f', 'now') || '000' OR locked_by = ?)
 RETURNING token";
 
+// Only when the name has no row yet.
+const INSERT: &str = "\
+INSERT INTO database_locks_lock (name, locked_by, expires_at, token)
+VALUES (?, ?, COALESCE(strftime('%Y-%m-%d %H:%M:%f', 'now', ?) || '000', '9999-01-01 00:00:00.000000'), 1)
+ON CONFLICT (name) DO NOTHING
+RETURNING token";
+
+// One bind: a JSON array of `[name, owner, token, modifier]`. `UPDATE ... FROM` cannot
+// return the FROM side's columns, so the caller matches `(name, token)`: SQLite names
+// compare byte for byte.
 const RENEW: &str = "\
-UPDATE database_locks_lock SET expires_at = strftime('%Y-%m-%d %H:%M:%f', 'now', ?) || '000'
- WHERE name = ? AND locked_by = ? AND token = ?
-   AND expires_at >= strftime('%Y-%m-%d %H:%M:%f', 'now') || '000'";
+UPDATE database_locks_lock
+   SET expires_at = strftime('%Y-%m-%d %H:%M:%f', 'now', json_extract(j.value, '$[3]')) || '000'
+  FROM json_each(?) AS j
+ WHERE database_locks_lock.name = json_extract(j.value, '$[0]')
+   AND database_locks_lock.locked_by = json_extract(j.value, '$[1]')
+   AND database_locks_lock.token = json_extract(j.value, '$[2]')
+   AND database_locks_lock.expires_at >= strftime('%Y-%m-%d %H:%M:%f', 'now') || '000'
+RETURNING name, token";
 
 // A NULL modifier makes the new expiry NULL: released.
 const RELEASE: &str = "\
@@ -126,37 +142,44 @@ impl LockConnection for SqliteConnection {
     ) -> QueryResult<Attempt> {
         let modifier = modifier(ttl);
         let binds = [
-            Bind::Text(name),
             Bind::Text(owner),
             Bind::OptText(modifier.as_deref()),
+            Bind::Text(name),
+            Bind::Text(owner),
         ];
         let rows: Vec<Token> = Stmt::new(ACQUIRE, &binds).load(self)?;
         if let Some(row) = rows.first() {
             return Ok(Attempt::Acquired { token: row.token });
         }
-        let row = self.list(Some(name))?.into_iter().next();
-        Ok(Attempt::Held {
-            holder: row.as_ref().and_then(|r| r.locked_by.clone()),
-            expires_in: row
-                .and_then(|r| r.expires_in)
-                .and_then(|s| Duration::try_from_secs_f64(s.max(0.0)).ok()),
+        if let Some(row) = self.list(Some(name))?.into_iter().next() {
+            return Ok(held_by(row));
+        }
+        let binds = [
+            Bind::Text(name),
+            Bind::Text(owner),
+            Bind::OptText(modifier.as_deref()),
+        ];
+        let rows: Vec<Token> = Stmt::new(INSERT, &binds).load(self)?;
+        Ok(match rows.first() {
+            Some(row) => Attempt::Acquired { token: row.token },
+            // Inserted by someone else since the read.
+            None => Attempt::Held {
+                holder: None,
+                expires_in: None,
+            },
         })
     }
 
     fn renew(&mut self, leases: &[(Lease<'_>, Duration)]) -> QueryResult<Vec<bool>> {
-        leases
-            .iter()
-            .map(|(lease, ttl)| {
-                let modifier = modifier(Some(*ttl));
-                let binds = [
-                    Bind::OptText(modifier.as_deref()),
-                    Bind::Text(lease.name),
-                    Bind::Text(lease.owner),
-                    Bind::BigInt(lease.token),
-                ];
-                Stmt::new(RENEW, &binds).execute(self).map(matched)
-            })
-            .collect()
+        let rows = json_rows(leases, |(lease, ttl), row| {
+            let modifier = modifier(Some(*ttl)).unwrap_or_default();
+            row.text(lease.name)
+                .text(lease.owner)
+                .int(lease.token)
+                .text(&modifier);
+        });
+        let renewed: Vec<RenewedRow> = Stmt::new(RENEW, &[Bind::Text(&rows)]).load(self)?;
+        Ok(renewed_by_name(leases, &renewed))
     }
 
     fn release(&mut self, lease: Lease<'_>, keep_for: Option<Duration>) -> QueryResult<bool> {

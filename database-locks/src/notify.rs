@@ -1,0 +1,239 @@
+//! Waking waiters when another process releases (PostgreSQL `LISTEN`/`NOTIFY`).
+//!
+//! Each release statement sends `NOTIFY database_locks_lock, '<name>'` at commit. Each
+//! handle that has waiters keeps ONE connection, taken out of its pool, that `LISTEN`s on
+//! that channel, read by one thread (`database-locks-listen`), which hands the next attempt
+//! to the first waiter of each released name ([`Hub::notified`]). The connection goes
+//! back to the pool (after `UNLISTEN`) when nobody has waited for a while. Waiters never depend on it:
+//! the first waiter of each name keeps polling at its retry period, so a release that
+//! sends nothing (a Django process, `force_release`), a lost connection, or a pooler that
+//! cannot deliver notifications only makes waiting slower.
+//!
+//! Once per handle, a second after it starts listening, the listener checks that
+//! notifications arrive: it sends one through the handle's pool and waits for it. Behind
+//! PgBouncer in transaction mode, `LISTEN` succeeds but nothing is ever delivered; the
+//! check fails, a warning is logged once, and the handle waits by polling alone. `Config::notify(false)` (`DATABASE_LOCKS_NOTIFY=false`)
+//! skips all of this.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use crate::backend::pool::Store;
+use crate::backend::Listener;
+use crate::local::Hub;
+
+/// How long a check notification may take to come back before notifications are judged
+/// not to work here.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How long the listener keeps its connection after the last waiter left, so that bursts
+/// of waiting do not reconnect each time.
+const LINGER: Duration = Duration::from_secs(30);
+
+/// How often the listener reads its connection while nobody waits: notifications must be
+/// consumed, or the server's notification queue would fill up behind this connection.
+const IDLE_READ: Duration = Duration::from_millis(100);
+
+/// The longest single wait for notifications while somebody waits: how soon the thread
+/// sees that the last waiter left or the handle was dropped.
+const BUSY_READ: Duration = Duration::from_millis(50);
+
+/// Reconnection back-off after the listener connection failed.
+const RECONNECT_MIN: Duration = Duration::from_millis(500);
+const RECONNECT_MAX: Duration = Duration::from_secs(30);
+
+/// The listener thread of one handle has been started.
+#[derive(Debug)]
+pub(crate) struct Listening;
+
+impl Listening {
+    /// Starts the listener thread; it ends when the handle is dropped. When the backend has
+    /// no notifications, or the thread cannot start, waiting just polls.
+    pub(crate) fn start(hub: Arc<Hub>, store: Weak<dyn Store>) -> Self {
+        let spawned = std::thread::Builder::new()
+            .name("database-locks-listen".into())
+            .spawn(move || listen_loop(&hub, &store));
+        if let Err(err) = spawned {
+            tracing::warn!("cannot start the notification listener, waiting by polling: {err}");
+        }
+        Listening
+    }
+}
+
+/// A payload no lock name can equal (names are at most 255 characters), unique per check.
+fn probe_payload() -> String {
+    static N: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "{}database-locks-probe.{}.{}",
+        "~".repeat(256),
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+fn listen_loop(hub: &Hub, store: &Weak<dyn Store>) {
+    let mut probe = Probe::Due;
+    let mut backoff = RECONNECT_MIN;
+    let mut missed = false;
+    loop {
+        // Nobody waits: no connection.
+        while hub.queued() == 0 {
+            if hub.is_shut_down() {
+                return;
+            }
+            hub.wait_for_waiters(Instant::now() + Duration::from_secs(60));
+        }
+        if hub.is_shut_down() {
+            return;
+        }
+        let connected = match store.upgrade() {
+            Some(store) => store.listener(),
+            None => return,
+        };
+        let mut listener = match connected {
+            None => return, // this backend has no notifications
+            Some(Ok(listener)) => listener,
+            Some(Err(err)) => {
+                tracing::info!(
+                    "cannot start the notification listener ({}); \
+                     waiting by polling, retrying in {backoff:?}",
+                    err.error
+                );
+                sleep_unless_shut_down(hub, backoff);
+                backoff = (backoff * 2).min(RECONNECT_MAX);
+                continue;
+            }
+        };
+        backoff = RECONNECT_MIN;
+        if missed {
+            // Releases while the connection was down were not seen: every queue tries once.
+            // Not on a first start: the window between a waiter's refused attempt and the
+            // LISTEN is a fraction of a millisecond, covered by the front's polling, and
+            // an attempt now would take a second connection from the pool at once.
+            hub.wake_fronts();
+            missed = false;
+        }
+        tracing::debug!("listening for lock releases");
+        match serve(hub, store, listener.as_mut(), &mut probe) {
+            Served::ShutDown => return,
+            Served::Idle => {}
+            Served::Failed => {
+                missed = true;
+                sleep_unless_shut_down(hub, RECONNECT_MIN);
+            }
+            Served::NotDelivered => {
+                tracing::warn!(
+                    "release notifications (LISTEN/NOTIFY) do not reach this process, e.g. \
+                     behind PgBouncer in transaction mode; waiting by polling only. Set \
+                     DATABASE_LOCKS_NOTIFY=false (Config::notify(false)) to skip this check"
+                );
+                return;
+            }
+        }
+    }
+}
+
+/// The check that notifications arrive, made once per handle.
+enum Probe {
+    /// To be sent once the listener has listened for [`PROBE_AFTER`].
+    Due,
+    /// Sent; must come back before the deadline.
+    Sent { payload: String, until: Instant },
+    /// It came back.
+    Delivered,
+}
+
+/// How long the listener listens before it checks that notifications arrive. Not at once:
+/// the check takes a second connection from the pool, which may have to be opened, and
+/// a wait that just began is when a process is most likely to be told to stop (a TLS
+/// handshake in progress while the process exits can crash inside OpenSSL).
+const PROBE_AFTER: Duration = Duration::from_secs(1);
+
+enum Served {
+    ShutDown,
+    /// Nobody waited for [`LINGER`].
+    Idle,
+    Failed,
+    /// The check notification never came back.
+    NotDelivered,
+}
+
+/// Reads notifications and hands them to the waiters, until the connection fails, the
+/// handle is dropped, or nobody waited for [`LINGER`]. Checks once that notifications
+/// arrive at all.
+fn serve(
+    hub: &Hub,
+    store: &Weak<dyn Store>,
+    listener: &mut dyn Listener,
+    probe: &mut Probe,
+) -> Served {
+    let listening_since = Instant::now();
+    let mut idle_since: Option<Instant> = None;
+    loop {
+        if hub.is_shut_down() {
+            return Served::ShutDown;
+        }
+        let busy = hub.queued() > 0;
+        match probe {
+            Probe::Due if busy && listening_since.elapsed() >= PROBE_AFTER => {
+                let payload = probe_payload();
+                let sent = match store.upgrade() {
+                    Some(store) => store.notify(&payload),
+                    None => return Served::ShutDown,
+                };
+                match sent {
+                    Ok(()) => {
+                        *probe = Probe::Sent {
+                            payload,
+                            until: Instant::now() + PROBE_TIMEOUT,
+                        }
+                    }
+                    Err(err) => {
+                        tracing::debug!("cannot check the notification listener: {}", err.error)
+                    }
+                }
+            }
+            Probe::Sent { until, .. } if Instant::now() >= *until => {
+                return Served::NotDelivered;
+            }
+            _ => {}
+        }
+        let read = if busy {
+            idle_since = None;
+            listener.wait(BUSY_READ)
+        } else {
+            let since = *idle_since.get_or_insert_with(Instant::now);
+            if since.elapsed() >= LINGER {
+                tracing::debug!("no waiters for {LINGER:?}: closing the notification listener");
+                return Served::Idle;
+            }
+            let read = listener.wait(Duration::ZERO);
+            hub.wait_for_waiters(Instant::now() + IDLE_READ);
+            read
+        };
+        match read {
+            Ok(names) => {
+                for name in names {
+                    match probe {
+                        Probe::Sent { payload, .. } if *payload == name => {
+                            *probe = Probe::Delivered;
+                        }
+                        _ => hub.notified(&name),
+                    }
+                }
+            }
+            Err(err) => {
+                tracing::info!("the notification listener connection failed ({err}); reconnecting");
+                return Served::Failed;
+            }
+        }
+    }
+}
+
+fn sleep_unless_shut_down(hub: &Hub, duration: Duration) {
+    let until = Instant::now() + duration;
+    while !hub.is_shut_down() && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(50).min(until - Instant::now()));
+    }
+}
