@@ -6,6 +6,7 @@
 //! lock-helper watch URL NAME TTL RENEW HOLD       prints `lost ...` instead of exiting
 //! lock-helper try URL NAME                        one attempt: exit 0 acquired, 3 held
 //! lock-helper cs URL NAME COUNT DIR               COUNT critical sections (see `sections`)
+//! lock-helper wait URL NAME RETRY                 waits (polling every RETRY), then releases
 //! ```
 //! Times are seconds (fractions allowed). Lines on stdout: `acquired TOKEN`, `renewing`,
 //! `lost REASON`, `released`, `held HOLDER`.
@@ -56,6 +57,7 @@ fn main() -> ExitCode {
                 ExitCode::from(1)
             }
         },
+        ["wait", url, name, retry] => wait(url, name, retry),
         ["cs", url, name, count, dir] => {
             sections(url, name, count.parse().expect("count"), Path::new(dir))
         }
@@ -162,4 +164,22 @@ fn sections(url: &str, name: &str, count: u32, dir: &Path) -> ExitCode {
     }
     say(&format!("overlaps {overlaps}"));
     ExitCode::SUCCESS
+}
+
+/// Waits for NAME, polling only every RETRY (tests make it far longer than they wait, so
+/// only a notification can wake the waiter in time); prints `acquired TOKEN`, releases.
+fn wait(url: &str, name: &str, retry: &str) -> ExitCode {
+    let acquired = handle(url).lock(name).retry(Some(secs(retry))).acquire();
+    match acquired {
+        Ok(guard) => {
+            say(&format!("acquired {}", guard.token().unwrap_or_default()));
+            let _ = guard.release();
+            say("released");
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            say(&format!("error {err}"));
+            ExitCode::from(1)
+        }
+    }
 }
