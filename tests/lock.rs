@@ -165,7 +165,10 @@ fn stolen_lock_is_reported_lost_before_the_lease_ends(db: &Db) {
         .expect("lost_lock_cb ran");
     assert_eq!(lost.name, name);
     assert_eq!(lost.token, guard.token().unwrap());
-    println!("stolen [{:?}]: reported with {left:?} s of the original lease left", db.kind);
+    println!(
+        "stolen [{:?}]: reported with {left:?} s of the original lease left",
+        db.kind
+    );
     assert!(
         left.unwrap() > 0.0,
         "reported with {left:?} s of the original lease left"

@@ -11,6 +11,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use diesel::connection::SimpleConnection;
 use diesel::mysql::MysqlConnection;
 use diesel::result::Error as DieselError;
 use diesel::{QueryResult, RunQueryDsl};
@@ -119,6 +120,11 @@ const ADD_TOKEN: &str =
 const MIGRATE_LOCK: &str = "SELECT CAST(GET_LOCK('database_locks_migrate', 60) AS SIGNED) AS n";
 const MIGRATE_UNLOCK: &str = "SELECT CAST(RELEASE_LOCK('database_locks_migrate') AS SIGNED) AS n";
 
+// Galera: every read waits until this node has applied what the cluster committed before
+// it, so `verify` sees a theft committed through another node. MariaDB without Galera
+// accepts the setting and ignores it; MySQL without Galera does not know it.
+const SYNC_WAIT: &str = "SET SESSION wsrep_sync_wait = @@global.wsrep_sync_wait | 1";
+
 fn micros(ttl: Option<Duration>) -> Option<i64> {
     ttl.map(|t| i64::try_from(t.as_micros()).unwrap_or(i64::MAX))
 }
@@ -127,6 +133,17 @@ impl super::sealed::Sealed for MysqlConnection {}
 
 impl LockConnection for MysqlConnection {
     const KIND: BackendKind = BackendKind::Mysql;
+
+    fn setup(&mut self) -> QueryResult<()> {
+        match self.batch_execute(SYNC_WAIT) {
+            Err(DieselError::DatabaseError(_, info))
+                if info.message().contains("Unknown system variable") =>
+            {
+                Ok(())
+            }
+            other => other,
+        }
+    }
 
     fn migrate(&mut self) -> QueryResult<Migration> {
         // Checked first so that an up-to-date table takes no lock and runs no DDL.
@@ -137,10 +154,22 @@ impl LockConnection for MysqlConnection {
         let _: Vec<Count> = Stmt::new(MIGRATE_LOCK, &[]).load(self)?;
         let result: QueryResult<Migration> = (|| {
             let before = self.columns()?;
-            if before.is_empty() {
-                Stmt::new(CREATE, &[]).execute(self)?;
+            let ddl = if before.is_empty() {
+                Some(CREATE)
             } else if !before.iter().any(|c| c == "token") {
-                Stmt::new(ADD_TOKEN, &[]).execute(self)?;
+                Some(ADD_TOKEN)
+            } else {
+                None
+            };
+            if let Some(ddl) = ddl {
+                if let Err(err) = Stmt::new(ddl, &[]).execute(self) {
+                    // GET_LOCK is per node on Galera: a process on another node may have
+                    // run the same DDL meanwhile ("Duplicate column name", or ours was
+                    // interrupted by its). Done if the column is there now.
+                    if !self.columns()?.iter().any(|c| c == "token") {
+                        return Err(err);
+                    }
+                }
             }
             Ok(migration_outcome(&before))
         })();
