@@ -264,27 +264,6 @@ pub(crate) fn matched(rows: usize) -> bool {
     rows > 0
 }
 
-/// A lease a batched renewal extended.
-#[derive(QueryableByName)]
-pub(crate) struct RenewedRow {
-    #[diesel(sql_type = Text)]
-    pub(crate) name: String,
-    #[diesel(sql_type = BigInt)]
-    pub(crate) token: i64,
-}
-
-/// Per lease, in the caller's order, whether a row `(name, token)` came back.
-// Which backends use it depends on the features.
-#[allow(dead_code)]
-pub(crate) fn renewed_by_name(leases: &[(Lease<'_>, Duration)], rows: &[RenewedRow]) -> Vec<bool> {
-    let renewed: std::collections::HashSet<(&str, i64)> =
-        rows.iter().map(|r| (r.name.as_str(), r.token)).collect();
-    leases
-        .iter()
-        .map(|(lease, _)| renewed.contains(&(lease.name, lease.token)))
-        .collect()
-}
-
 #[derive(QueryableByName)]
 pub(crate) struct InfoRow {
     #[diesel(sql_type = Text)]

@@ -17,8 +17,8 @@ use diesel::sql_types::{BigInt, Bool, Double, Nullable, Text};
 use diesel::{Connection, QueryResult, QueryableByName, RunQueryDsl};
 
 use super::{
-    matched, migration_outcome, renewed_by_name, Attempt, Column, Count, InfoRow, Lease,
-    LockConnection, LockInfo, Migration, RenewedRow,
+    matched, migration_outcome, Attempt, Column, Count, InfoRow, Lease, LockConnection, LockInfo,
+    Migration,
 };
 use crate::config::BackendKind;
 use crate::stmt::{Bind, Stmt};
@@ -51,14 +51,15 @@ SELECT false, l.token, l.locked_by,
  WHERE l.name = p.name AND NOT EXISTS (SELECT 1 FROM upd) AND NOT EXISTS (SELECT 1 FROM ins)";
 
 // Binds: names, owners, tokens, ttls in seconds (arrays of one length). Sorted by name,
-// so that two batches lock shared rows in the same order.
+// so that two batches lock shared rows in the same order. Returns the position (from 1)
+// in the arrays of each lease extended.
 const RENEW: &str = "\
 UPDATE database_locks_lock l SET expires_at = clock_timestamp() + make_interval(secs => u.ttl)
   FROM unnest(CAST(? AS text[]), CAST(? AS text[]), CAST(? AS bigint[]), CAST(? AS float8[]))
-       AS u(name, owner, token, ttl)
+       WITH ORDINALITY AS u(name, owner, token, ttl, n)
  WHERE l.name = u.name AND l.locked_by = u.owner AND l.token = u.token
    AND l.expires_at >= clock_timestamp()
-RETURNING l.name, l.token";
+RETURNING u.n";
 
 // `keep_for` NULL makes the new expiry NULL: released, and waiters are told (delivered at
 // commit; one message per release, whoever listens).
@@ -183,20 +184,28 @@ impl LockConnection for PgConnection {
     }
 
     fn renew(&mut self, leases: &[(Lease<'_>, Duration)]) -> QueryResult<Vec<bool>> {
-        let mut order: Vec<&(Lease<'_>, Duration)> = leases.iter().collect();
-        order.sort_by(|a, b| a.0.name.cmp(b.0.name));
-        let names: Vec<&str> = order.iter().map(|(l, _)| l.name).collect();
-        let owners: Vec<&str> = order.iter().map(|(l, _)| l.owner).collect();
-        let tokens: Vec<i64> = order.iter().map(|(l, _)| l.token).collect();
-        let ttls: Vec<f64> = order.iter().map(|(_, ttl)| ttl.as_secs_f64()).collect();
+        // Positions in `leases`, in name order.
+        let mut order: Vec<usize> = (0..leases.len()).collect();
+        order.sort_by(|&a, &b| leases[a].0.name.cmp(leases[b].0.name));
+        let names: Vec<&str> = order.iter().map(|&i| leases[i].0.name).collect();
+        let owners: Vec<&str> = order.iter().map(|&i| leases[i].0.owner).collect();
+        let tokens: Vec<i64> = order.iter().map(|&i| leases[i].0.token).collect();
+        let ttls: Vec<f64> = order.iter().map(|&i| leases[i].1.as_secs_f64()).collect();
         let binds = [
             Bind::TextArray(&names),
             Bind::TextArray(&owners),
             Bind::BigIntArray(&tokens),
             Bind::DoubleArray(&ttls),
         ];
-        let rows: Vec<RenewedRow> = Stmt::new(RENEW, &binds).load(self)?;
-        Ok(renewed_by_name(leases, &rows))
+        let rows: Vec<Count> = Stmt::new(RENEW, &binds).load(self)?;
+        let mut renewed = vec![false; leases.len()];
+        for row in rows {
+            let position = usize::try_from(row.n - 1).ok().and_then(|n| order.get(n));
+            if let Some(slot) = position.and_then(|&i| renewed.get_mut(i)) {
+                *slot = true;
+            }
+        }
+        Ok(renewed)
     }
 
     fn release(&mut self, lease: Lease<'_>, keep_for: Option<Duration>) -> QueryResult<bool> {

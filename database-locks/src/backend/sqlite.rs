@@ -8,13 +8,13 @@
 use std::time::Duration;
 
 use diesel::connection::SimpleConnection;
-use diesel::sql_types::BigInt;
+use diesel::sql_types::{BigInt, Text};
 use diesel::sqlite::SqliteConnection;
 use diesel::{QueryResult, QueryableByName, RunQueryDsl};
 
 use super::{
-    held_by, matched, migration_outcome, renewed_by_name, Attempt, Column, Count, InfoRow, Lease,
-    LockConnection, LockInfo, Migration, RenewedRow,
+    held_by, matched, migration_outcome, Attempt, Column, Count, InfoRow, Lease, LockConnection,
+    LockInfo, Migration,
 };
 use crate::config::BackendKind;
 use crate::stmt::{json_rows, Bind, Stmt};
@@ -97,6 +97,25 @@ PRAGMA synchronous = NORMAL;";
 struct Token {
     #[diesel(sql_type = BigInt)]
     token: i64,
+}
+
+/// A lease a batched renewal extended.
+#[derive(QueryableByName)]
+struct RenewedRow {
+    #[diesel(sql_type = Text)]
+    name: String,
+    #[diesel(sql_type = BigInt)]
+    token: i64,
+}
+
+/// Per lease, in the caller's order, whether a row `(name, token)` came back.
+fn renewed_by_name(leases: &[(Lease<'_>, Duration)], rows: &[RenewedRow]) -> Vec<bool> {
+    let renewed: std::collections::HashSet<(&str, i64)> =
+        rows.iter().map(|r| (r.name.as_str(), r.token)).collect();
+    leases
+        .iter()
+        .map(|(lease, _)| renewed.contains(&(lease.name, lease.token)))
+        .collect()
 }
 
 /// An SQLite date modifier adding `ttl`, or NULL for none.
