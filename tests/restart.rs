@@ -5,6 +5,7 @@
 
 mod common;
 
+use std::path::Path;
 use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -93,6 +94,9 @@ fn restart_postgres() {
 }
 
 #[cfg(feature = "mysql")]
+const PID_FILE: &str = "/run/mysqld/mysqld.pid";
+
+#[cfg(feature = "mysql")]
 fn restart_mariadb() {
     let ping = || {
         Command::new("mysqladmin")
@@ -100,18 +104,24 @@ fn restart_mariadb() {
             .output()
             .is_ok_and(|o| o.status.success())
     };
+    // The main server only: the Galera test nodes run the same executable.
+    let pid = std::fs::read_to_string(PID_FILE)
+        .expect(PID_FILE)
+        .trim()
+        .to_owned();
     run("mysqladmin", &["-h", "127.0.0.1", "-u", "root", "shutdown"]);
     assert!(
         eventually(Duration::from_secs(60), || !ping()),
         "MariaDB stopped"
     );
     // `mysqladmin shutdown` returns before the old server has let go of its files.
-    assert!(eventually(Duration::from_secs(60), || !Command::new(
-        "pgrep"
-    )
-    .args(["-x", "mariadbd"])
-    .status()
-    .is_ok_and(|s| s.success())));
+    assert!(
+        eventually(Duration::from_secs(60), || !Path::new(&format!(
+            "/proc/{pid}"
+        ))
+        .exists()),
+        "MariaDB (pid {pid}) exited"
+    );
     std::fs::create_dir_all("/run/mysqld").unwrap();
     run("chown", &["mysql:mysql", "/run/mysqld"]);
     run(
@@ -120,6 +130,8 @@ fn restart_mariadb() {
             "--start",
             "--oknodo",
             "--background",
+            "--pidfile",
+            PID_FILE,
             "--exec",
             "/usr/sbin/mariadbd",
             "--",
