@@ -527,7 +527,10 @@ mod tests {
             local.enqueue("n", "c", true).1,
             "refused: held elsewhere, anyone may look"
         );
-        assert!(local.enqueue("n", "c", false).1, "a single attempt never waits");
+        assert!(
+            local.enqueue("n", "c", false).1,
+            "a single attempt never waits"
+        );
     }
 
     #[test]
