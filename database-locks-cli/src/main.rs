@@ -42,13 +42,30 @@ fn main() -> ExitCode {
         Command::Release(args) => (config.and_then(|c| admin::release(c, args)), exit::ERROR),
         Command::Migrate => (config.and_then(admin::migrate), exit::ERROR),
     };
-    match outcome {
-        Ok(status) => ExitCode::from(status),
+    let status = match outcome {
+        Ok(status) => status,
         Err(failure) => {
             eprintln!("database-locks: {}", one_line(&failure.message));
-            ExitCode::from(failure.status.unwrap_or(error_status))
+            failure.status.unwrap_or(error_status)
         }
+    };
+    exit_now(status)
+}
+
+/// Ends the process without running `atexit` handlers. A thread still acquiring (the wait
+/// was given up on a signal) may be inside a TLS handshake, and libssl's exit-time cleanup
+/// under it crashed the process now and then. Everything the tool owns is already released.
+fn exit_now(status: u8) -> ExitCode {
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    let _ = std::io::stderr().flush();
+    #[cfg(unix)]
+    // SAFETY: `_exit` only ends the process; the standard streams were flushed above.
+    unsafe {
+        libc::_exit(i32::from(status))
     }
+    #[cfg(not(unix))]
+    ExitCode::from(status)
 }
 
 /// A failure of the tool itself: the one line it prints, and the exit status when it is not

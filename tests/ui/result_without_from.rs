@@ -8,9 +8,4 @@ fn report() -> Result<(), ReportError> {
     Ok(())
 }
 
-#[locked]
-fn read() -> std::io::Result<Vec<u8>> {
-    Ok(Vec::new())
-}
-
 fn main() {}

@@ -15,6 +15,12 @@ impl From<database_locks::Error> for ReportError {
     }
 }
 
+/// `std::io::Result` carries the lock error too (`From<Error> for io::Error`).
+#[locked]
+fn read_spool() -> std::io::Result<Vec<u8>> {
+    Ok(Vec::new())
+}
+
 /// Docs and attributes stay on the fn.
 #[locked]
 #[inline]
@@ -109,6 +115,7 @@ fn nested_items() -> u32 {
 fn main() {
     let _ = (
         nightly_report,
+        read_spool,
         billing,
         every_argument,
         try_once,
