@@ -11,15 +11,15 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::Read;
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::Path;
-use std::process::{Child, ChildStdout, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Barrier, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use common::{eventually, unique_name, Db};
+use common::{eventually, expect_line, helper, lines, unique_name, wait_exit, Db};
 use database_locks::{Config, Error, LockGuard, Locks, Migration};
 use diesel::connection::SimpleConnection;
 use diesel::r2d2::{ConnectionManager, CustomizeConnection, Error as PoolError, Pool};
@@ -27,7 +27,6 @@ use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use diesel::sql_types::{BigInt, Text};
 use diesel::{Connection, MysqlConnection, QueryableByName, RunQueryDsl};
 
-const HELPER: &str = env!("CARGO_BIN_EXE_lock-helper");
 const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/galera");
 const DEFAULT_URLS: [&str; 3] = [
     "mysql://root@127.0.0.1:23306/test",
@@ -99,54 +98,6 @@ fn wsrep(url: &str) -> Result<Wsrep, String> {
 
 fn connect(url: &str) -> MysqlConnection {
     MysqlConnection::establish(url).unwrap_or_else(|e| panic!("cannot reach {url}: {e}"))
-}
-
-fn helper(args: &[&str]) -> Command {
-    let mut command = Command::new(HELPER);
-    command
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
-    command
-}
-
-/// Lines a child prints, delivered through a channel so reads can time out.
-fn lines(stdout: ChildStdout) -> mpsc::Receiver<String> {
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    rx
-}
-
-fn expect_line(rx: &mpsc::Receiver<String>, prefix: &str, within: Duration) -> String {
-    let deadline = Instant::now() + within;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match rx.recv_timeout(left) {
-            Ok(line) if line.starts_with(prefix) => return line,
-            Ok(_) => continue,
-            Err(_) => panic!("no line starting with {prefix:?} within {within:?}"),
-        }
-    }
-}
-
-fn wait_exit(child: &mut Child, within: Duration) -> std::process::ExitStatus {
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("lock-helper did not exit within {within:?}");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
 }
 
 /// What one `try_acquire` on a node got.
