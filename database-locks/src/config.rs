@@ -56,6 +56,7 @@ pub struct Config {
     pub(crate) pool_max_size: u32,
     pub(crate) connect_timeout: Duration,
     pub(crate) notify: bool,
+    pub(crate) prepared_statements: bool,
 }
 
 impl Config {
@@ -72,6 +73,7 @@ impl Config {
             pool_max_size: 10,
             connect_timeout: Duration::from_secs(10),
             notify: true,
+            prepared_statements: true,
         }
     }
 
@@ -84,7 +86,9 @@ impl Config {
     /// | `DATABASE_LOCKS_STATUS_FILE` | a file showing `0` idle, `1` acquiring, `2` held | none |
     /// | `DATABASE_LOCKS_DEFAULT_TTL` | lease length in seconds, or `none` for no expiry | `10` |
     /// | `DATABASE_LOCKS_DEFAULT_TTL_RENEW` | renew this many seconds before expiry | `2` |
+    /// | `DATABASE_LOCKS_TRANSACTION_POOLING` | `true`: behind PgBouncer in transaction mode, see [`Config::transaction_pooling`] | `false` |
     /// | `DATABASE_LOCKS_NOTIFY` | `false`: waiters do not `LISTEN` for releases (PostgreSQL), see [`Config::notify`] | `true` |
+    /// | `DATABASE_LOCKS_PREPARED_STATEMENTS` | `false`: no statement is prepared by name, see [`Config::prepared_statements`] | `true` |
     ///
     /// A malformed value is an [`Error::Config`] that names the variable.
     pub fn from_env() -> Result<Self> {
@@ -121,10 +125,30 @@ impl Config {
         if let Some(value) = get("DATABASE_LOCKS_DEFAULT_TTL_RENEW") {
             config.default_ttl_renew = parse_seconds("DATABASE_LOCKS_DEFAULT_TTL_RENEW", &value)?;
         }
+        // The umbrella first, so that the two settings it stands for can override it.
+        if let Some(value) = get("DATABASE_LOCKS_TRANSACTION_POOLING") {
+            let pooled = parse_bool("DATABASE_LOCKS_TRANSACTION_POOLING", &value)?;
+            config = config.transaction_pooling(pooled);
+        }
         if let Some(value) = get("DATABASE_LOCKS_NOTIFY") {
             config.notify = parse_bool("DATABASE_LOCKS_NOTIFY", &value)?;
         }
+        if let Some(value) = get("DATABASE_LOCKS_PREPARED_STATEMENTS") {
+            config.prepared_statements = parse_bool("DATABASE_LOCKS_PREPARED_STATEMENTS", &value)?;
+        }
         Ok(config)
+    }
+
+    /// Replaces the database URL, e.g. after [`Config::from_env`] when the URL comes from a
+    /// command line.
+    ///
+    /// ```
+    /// let config = database_locks::Config::new("app.db").url("postgres://app@db/app");
+    /// assert_eq!(config.get_url(), "postgres://app@db/app");
+    /// ```
+    pub fn url(mut self, url: impl Into<String>) -> Self {
+        self.url = url.into();
+        self
     }
 
     /// Turns locking on or off. Off, every lock "succeeds" at once without touching the
@@ -175,17 +199,18 @@ impl Config {
     /// `true`). Each release sends `NOTIFY`; while a handle has waiters it keeps one
     /// connection out of its pool that `LISTEN`s, and wakes the first waiter of each
     /// released name, so a hand-off takes milliseconds instead of up to a retry period.
-    /// Without it, waiters poll at their retry period.
+    /// Without it, waiters poll at their retry period, and the first wait on the handle
+    /// logs so once.
     ///
-    /// Turn it off where `LISTEN` cannot work, e.g. behind PgBouncer in transaction mode.
-    /// The listener would find out by itself (a second after it starts, it checks that a
-    /// notification of its own arrives; if not, it logs a warning and the handle polls),
-    /// but `LISTEN` through such a pooler leaves its registration on a server connection
-    /// other clients get. Releases still send `NOTIFY`, for the processes that listen.
-    /// Other backends ignore the setting.
+    /// Turn it off where `LISTEN` cannot work: behind PgBouncer in transaction mode (see
+    /// [`Config::transaction_pooling`], which turns it off). The listener would find out by
+    /// itself (a second after it starts, it checks that a notification of its own arrives;
+    /// if not, it logs a warning and the handle polls), but `LISTEN` through such a pooler
+    /// leaves its registration on a server connection other clients get. Releases still
+    /// send `NOTIFY`, for the processes that listen. Other backends ignore the setting.
     ///
     /// ```
-    /// let config = database_locks::Config::new("postgres://app@pgbouncer:6432/app").notify(false);
+    /// let config = database_locks::Config::new("postgres://app@db:5432/app").notify(false);
     /// assert!(!config.get_notify());
     /// ```
     pub fn notify(mut self, notify: bool) -> Self {
@@ -196,6 +221,58 @@ impl Config {
     /// Whether waiters listen for release notifications (PostgreSQL).
     pub fn get_notify(&self) -> bool {
         self.notify
+    }
+
+    /// Whether each connection prepares a statement once, by name, and reuses it (default
+    /// `true`): one parse per connection instead of one per call.
+    ///
+    /// Off, every statement is sent with its text and binds in one message (PostgreSQL's
+    /// unnamed statement: parse, bind and execute in one round trip), so nothing
+    /// outlives the statement. Turn it off behind a pooler that hands each transaction to
+    /// any server connection, where a statement prepared by name on one server connection
+    /// is missing on the next, or is another client's statement of the same name (see
+    /// [`Config::transaction_pooling`], which turns it off). PgBouncer 1.21 and later with
+    /// `max_prepared_statements` set keeps named statements working, and only `notify`
+    /// needs turning off.
+    ///
+    /// ```
+    /// let config = database_locks::Config::new("postgres://app@db/app").prepared_statements(false);
+    /// assert!(!config.get_prepared_statements());
+    /// ```
+    pub fn prepared_statements(mut self, prepared: bool) -> Self {
+        self.prepared_statements = prepared;
+        self
+    }
+
+    /// Whether statements are prepared by name and reused.
+    pub fn get_prepared_statements(&self) -> bool {
+        self.prepared_statements
+    }
+
+    /// The database is reached through a pooler in transaction mode: PgBouncer with
+    /// `pool_mode = transaction` (or another pooler that may run each transaction on a
+    /// different server connection: Supavisor, pgcat, RDS Proxy when not pinned).
+    ///
+    /// `true` keeps every operation free of session state: no statement prepared by name
+    /// ([`Config::prepared_statements`]`(false)`) and no `LISTEN` ([`Config::notify`]`(false)`:
+    /// waiters poll at their retry period, so a hand-off to another process takes up to
+    /// that period). Every lock operation is already one statement, or one transaction
+    /// (table creation), so nothing else depends on the session. `false` turns both back
+    /// on. Environment: `DATABASE_LOCKS_TRANSACTION_POOLING=true`.
+    ///
+    /// Without it, behind such a pooler, named statements fail or, worse, run another
+    /// client's statement of the same name: set it whenever a transaction pooler is in the
+    /// path.
+    ///
+    /// ```
+    /// let config = database_locks::Config::new("postgres://app@pgbouncer:6432/app")
+    ///     .transaction_pooling(true);
+    /// assert!(!config.get_notify() && !config.get_prepared_statements());
+    /// ```
+    pub fn transaction_pooling(mut self, pooled: bool) -> Self {
+        self.notify = !pooled;
+        self.prepared_statements = !pooled;
+        self
     }
 
     /// The database URL.
@@ -342,6 +419,25 @@ mod tests {
         assert_eq!(config.default_ttl_renew, Duration::from_secs(2));
         assert_eq!(config.status_file, None);
         assert!(config.notify);
+        assert!(config.prepared_statements);
+    }
+
+    #[test]
+    fn env_transaction_pooling_turns_off_session_state() {
+        let config = from(&[("DATABASE_LOCKS_TRANSACTION_POOLING", "true")]).unwrap();
+        assert!(!config.notify);
+        assert!(!config.prepared_statements);
+        // The finer settings override the umbrella, whatever their order in the environment.
+        let config = from(&[
+            ("DATABASE_LOCKS_PREPARED_STATEMENTS", "yes"),
+            ("DATABASE_LOCKS_TRANSACTION_POOLING", "1"),
+        ])
+        .unwrap();
+        assert!(!config.notify);
+        assert!(config.prepared_statements);
+        let config = from(&[("DATABASE_LOCKS_PREPARED_STATEMENTS", "false")]).unwrap();
+        assert!(config.notify);
+        assert!(!config.prepared_statements);
     }
 
     #[test]
@@ -381,6 +477,8 @@ mod tests {
             ("DATABASE_LOCKS_DEFAULT_TTL_RENEW", "NaN"),
             ("DATABASE_LOCKS_DEFAULT_TTL_RENEW", "1e300"),
             ("DATABASE_LOCKS_NOTIFY", "sometimes"),
+            ("DATABASE_LOCKS_TRANSACTION_POOLING", "pgbouncer"),
+            ("DATABASE_LOCKS_PREPARED_STATEMENTS", "2"),
         ] {
             let err = from(&[(var, value)]).unwrap_err();
             assert!(

@@ -19,6 +19,7 @@ use std::time::Instant;
 use parking_lot::{Condvar, Mutex};
 
 use crate::backend::pool::Store;
+use crate::config::BackendKind;
 use crate::notify::Listening;
 
 /// One waiting acquisition in a name's queue.
@@ -139,9 +140,31 @@ pub(crate) struct Hub {
     /// Signalled when the first waiter queues, and at shutdown.
     queued_changed: Condvar,
     shutdown: AtomicBool,
+    /// What the listener found out, for `Debug` (tests and diagnostics).
+    notifications: Mutex<Notifications>,
+}
+
+/// Where release notifications from other processes stand for one handle.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) enum Notifications {
+    /// Nobody has waited yet, or the backend has none.
+    #[default]
+    NotStarted,
+    /// Turned off by configuration: waiters poll.
+    Off,
+    /// Listening; the check notification has not come back yet.
+    Listening,
+    /// The check notification came back: releases wake waiters.
+    Delivered,
+    /// The check notification never came back (a transaction pooler): waiters poll.
+    NotDelivered,
 }
 
 impl Hub {
+    pub(crate) fn set_notifications(&self, state: Notifications) {
+        *self.notifications.lock() = state;
+    }
+
     /// A release of `name` was announced by the database: hand its queue the next attempt.
     pub(crate) fn notified(&self, name: &str) {
         self.state.lock().give_turn(name);
@@ -200,6 +223,7 @@ impl fmt::Debug for Local {
             .field("waiting", &state.waiting)
             .field("holding", &state.holding)
             .field("notify", &self.notify)
+            .field("notifications", &*self.hub.notifications.lock())
             .finish_non_exhaustive()
     }
 }
@@ -265,11 +289,19 @@ impl Local {
 
     /// Starts listening for releases in other processes, once per handle, if the backend
     /// can (PostgreSQL) and `notify` is on.
+    /// With `notify` off, says once per handle that waiting polls.
     pub(crate) fn listen(&self, store: &Arc<dyn Store>) {
-        if !self.notify {
-            return;
-        }
         self.listening.get_or_init(|| {
+            if !self.notify {
+                if store.kind() == BackendKind::Postgres {
+                    tracing::info!(
+                        "release notifications are off (notify(false) or transaction \
+                         pooling): waiters poll at their retry period"
+                    );
+                }
+                self.hub.set_notifications(Notifications::Off);
+                return Listening::Off;
+            }
             let store: Weak<dyn Store> = Arc::downgrade(store);
             Listening::start(Arc::clone(&self.hub), store)
         });

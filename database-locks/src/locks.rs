@@ -101,7 +101,11 @@ impl Locks {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn from_pool<C: LockConnection>(pool: Pool<ConnectionManager<C>>, config: Config) -> Self {
-        let store = Arc::new(PoolStore::new(pool, &config.url));
+        let store = Arc::new(PoolStore::new(
+            pool,
+            &config.url,
+            config.prepared_statements,
+        ));
         Self::from_store(store, &config)
     }
 
@@ -300,7 +304,11 @@ fn own_pool<C: LockConnection>(config: &Config, target: &str) -> Arc<dyn Store> 
         .connection_timeout(config.connect_timeout)
         .error_handler(Box::new(QuietErrors))
         .build_unchecked(Manager::<C>::new(target));
-    Arc::new(PoolStore::new(pool, &config.url))
+    Arc::new(PoolStore::new(
+        pool,
+        &config.url,
+        config.prepared_statements,
+    ))
 }
 
 /// r2d2 logs every failed background connect at error level; an outage is already

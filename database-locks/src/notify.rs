@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use crate::backend::pool::Store;
 use crate::backend::Listener;
-use crate::local::Hub;
+use crate::local::{Hub, Notifications};
 
 /// How long a check notification may take to come back before notifications are judged
 /// not to work here.
@@ -43,9 +43,14 @@ const BUSY_READ: Duration = Duration::from_millis(50);
 const RECONNECT_MIN: Duration = Duration::from_millis(500);
 const RECONNECT_MAX: Duration = Duration::from_secs(30);
 
-/// The listener thread of one handle has been started.
+/// Whether one handle listens for releases in other processes.
 #[derive(Debug)]
-pub(crate) struct Listening;
+pub(crate) enum Listening {
+    /// Turned off by configuration.
+    Off,
+    /// The listener thread has been started.
+    Started,
+}
 
 impl Listening {
     /// Starts the listener thread; it ends when the handle is dropped. When the backend has
@@ -57,7 +62,7 @@ impl Listening {
         if let Err(err) = spawned {
             tracing::warn!("cannot start the notification listener, waiting by polling: {err}");
         }
-        Listening
+        Listening::Started
     }
 }
 
@@ -115,6 +120,9 @@ fn listen_loop(hub: &Hub, store: &Weak<dyn Store>) {
             missed = false;
         }
         tracing::debug!("listening for lock releases");
+        if matches!(probe, Probe::Due) {
+            hub.set_notifications(Notifications::Listening);
+        }
         match serve(hub, store, listener.as_mut(), &mut probe) {
             Served::ShutDown => return,
             Served::Idle => {}
@@ -123,6 +131,7 @@ fn listen_loop(hub: &Hub, store: &Weak<dyn Store>) {
                 sleep_unless_shut_down(hub, RECONNECT_MIN);
             }
             Served::NotDelivered => {
+                hub.set_notifications(Notifications::NotDelivered);
                 tracing::warn!(
                     "release notifications (LISTEN/NOTIFY) do not reach this process, e.g. \
                      behind PgBouncer in transaction mode; waiting by polling only. Set \
@@ -218,6 +227,7 @@ fn serve(
                     match probe {
                         Probe::Sent { payload, .. } if *payload == name => {
                             *probe = Probe::Delivered;
+                            hub.set_notifications(Notifications::Delivered);
                         }
                         _ => hub.notified(&name),
                     }

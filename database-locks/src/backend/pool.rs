@@ -4,8 +4,9 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use diesel::connection::CacheSize;
 use diesel::r2d2::{ConnectionManager, ManageConnection, Pool, PooledConnection, R2D2Connection};
-use diesel::QueryResult;
+use diesel::{Connection, QueryResult};
 
 use super::{
     breaks_connection, classify, Attempt, Failure, Lease, Listener, LockConnection, LockInfo,
@@ -122,6 +123,9 @@ pub(crate) struct PoolStore<M: ManageConnection> {
     /// (wrong host, credentials, database) and is reported at once; after that it is an
     /// outage, waited out like any transient failure.
     connected: AtomicBool,
+    /// `false`: every connection runs with diesel's statement cache off, so no statement
+    /// is prepared by name ([`Config::prepared_statements`](crate::Config::prepared_statements)).
+    prepared_statements: bool,
 }
 
 impl<M> PoolStore<M>
@@ -129,11 +133,12 @@ where
     M: ManageConnection,
     M::Connection: PooledLockConnection,
 {
-    pub(crate) fn new(pool: Pool<M>, url: &str) -> Self {
+    pub(crate) fn new(pool: Pool<M>, url: &str, prepared_statements: bool) -> Self {
         PoolStore {
             pool,
             url: mask_url(url),
             connected: AtomicBool::new(false),
+            prepared_statements,
         }
     }
 
@@ -154,6 +159,14 @@ where
             }
         })?;
         self.connected.store(true, Ordering::Relaxed);
+        let mut pooled = pooled;
+        if !self.prepared_statements {
+            // At every checkout, not once per connection: the pool may be the
+            // application's own. Setting it again costs nothing.
+            pooled
+                .conn()
+                .set_prepared_statement_cache_size(CacheSize::Disabled);
+        }
         Ok(pooled)
     }
 
@@ -177,12 +190,33 @@ fn op_error<P: PooledLockConnection>(
     if breaks_connection(&source) {
         pooled.mark_broken();
     }
+    if named_statement_error(&source) {
+        static HINTED: std::sync::Once = std::sync::Once::new();
+        HINTED.call_once(|| {
+            tracing::error!(
+                "{source}: a statement prepared by name was not found on the server \
+                 connection, as happens behind PgBouncer in transaction mode. Set \
+                 DATABASE_LOCKS_TRANSACTION_POOLING=true (Config::transaction_pooling(true))"
+            )
+        });
+    }
     let failure = classify::<P::Conn>(&source);
     let error = match failure {
         Failure::MissingTable => Error::MissingTable,
         _ => Error::Database { operation, source },
     };
     OpError { failure, error }
+}
+
+/// diesel names its statements `__diesel_stmt_N`: "does not exist" or "already exists"
+/// means the session changed under the connection (a transaction pooler).
+fn named_statement_error(source: &diesel::result::Error) -> bool {
+    match source {
+        diesel::result::Error::DatabaseError(_, info) => info
+            .message()
+            .contains("prepared statement \"__diesel_stmt_"),
+        _ => false,
+    }
 }
 
 /// Connect errors that no amount of waiting fixes.
