@@ -11,15 +11,13 @@
 
 mod common;
 
-use std::io::Read;
 use std::net::{Shutdown, TcpListener, TcpStream};
-use std::path::Path;
-use std::process::{Child, Command};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Barrier, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use common::{eventually, expect_line, helper, lines, unique_name, wait_exit, Db};
+use common::{eventually, expect_line, helper, lines, run_sections, unique_name, wait_exit, Db};
 use database_locks::{Config, Error, LockGuard, Locks, Migration};
 use diesel::connection::SimpleConnection;
 use diesel::r2d2::{ConnectionManager, CustomizeConnection, Error as PoolError, Pool};
@@ -127,80 +125,13 @@ fn attempt(locks: &Locks, name: &str) -> Outcome {
     }
 }
 
-/// The three nodes (process i on node i mod 3) run `per_node` processes each, of
-/// `sections` critical sections on one name; checks the shared counter, the markers and
-/// the enter/exit intervals.
-fn run_sections(urls: &[&str], per_node: usize, sections: u32, label: &str) {
-    let dir = tempfile::tempdir().unwrap();
-    let name = unique_name(label);
-    let started = Instant::now();
-    let dir_arg = dir.path().display().to_string();
-    let count = sections.to_string();
-    let procs = per_node * urls.len();
-    let mut children: Vec<Child> = (0..procs)
-        .map(|i| {
-            helper(&["cs", urls[i % urls.len()], &name, &count, &dir_arg])
-                .spawn()
-                .unwrap()
-        })
-        .collect();
-    let mut overlaps = 0u32;
-    for child in &mut children {
-        let mut out = String::new();
-        child
-            .stdout
-            .take()
-            .unwrap()
-            .read_to_string(&mut out)
-            .unwrap();
-        let status = wait_exit(child, Duration::from_secs(600));
-        assert!(status.success(), "a process failed: {status}");
-        let reported: u32 = out
-            .lines()
-            .find_map(|l| l.strip_prefix("overlaps "))
-            .expect("overlap count")
-            .parse()
-            .unwrap();
-        overlaps += reported;
-    }
-    let elapsed = started.elapsed();
-    let total = procs as u64 * u64::from(sections);
-    let counter: u64 = std::fs::read_to_string(dir.path().join("counter"))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    let overlapping = overlapping_intervals(&dir.path().join("intervals"));
-    println!(
-        "{label} [Galera]: {procs} processes ({per_node} per node) x {sections} sections: \
-         counter {counter}/{total}, marker overlaps {overlaps}, overlapping intervals \
-         {overlapping}, {:.1} s ({:.0} sections/s)",
-        elapsed.as_secs_f64(),
-        total as f64 / elapsed.as_secs_f64()
-    );
-    assert_eq!(overlaps, 0, "two processes were inside at once");
-    assert_eq!(overlapping, 0, "enter/exit intervals overlap");
-    assert_eq!(counter, total, "lost updates");
-}
-
-fn overlapping_intervals(path: &Path) -> usize {
-    let mut intervals: Vec<(u128, u128)> = std::fs::read_to_string(path)
-        .unwrap()
-        .lines()
-        .map(|l| {
-            let mut parts = l.split_whitespace().map(|p| p.parse::<u128>().unwrap());
-            (parts.next().unwrap(), parts.next().unwrap())
-        })
-        .collect();
-    intervals.sort();
-    intervals.windows(2).filter(|w| w[1].0 < w[0].1).count()
-}
-
 /// Mutual exclusion with the contenders spread over the three nodes.
 #[test]
 fn processes_on_three_nodes_exclude_each_other() {
     let cluster = cluster();
-    run_sections(&cluster.urls(), 2, 100, "galera-mutex");
+    let nodes: Vec<Db> = cluster.urls().iter().map(|url| Db::mysql_at(url)).collect();
+    let nodes: Vec<&Db> = nodes.iter().collect();
+    run_sections(&nodes, 6, 100, "galera-mutex");
 }
 
 /// A global status counter of one node (`wsrep_local_cert_failures`, ...).

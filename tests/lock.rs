@@ -500,7 +500,10 @@ fn django_table_is_upgraded_and_shared(db: &Db) {
     assert!(locks.lock("django-free").try_acquire().unwrap().is_none());
 }
 
+// The PostgreSQL runs a second time through PgBouncer in transaction mode (none of these
+// kills a backend).
 on_each_backend!(
+    pgbouncer;
     acquire_and_release,
     second_owner_waits_for_release,
     expiry_lets_another_owner_in,

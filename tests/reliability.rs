@@ -6,85 +6,17 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{expect_line, helper, lines, unique_name, wait_exit, Db, HELPER};
+use common::{expect_line, helper, lines, run_sections, unique_name, wait_exit, Db, HELPER};
 use database_locks::{BackendKind, Config, Error, Locks};
-
-/// Runs `procs` processes of `sections` critical sections each on one name and checks
-/// the shared counter, the markers and the enter/exit intervals.
-fn run_sections(db: &Db, procs: usize, sections: u32, label: &str) {
-    let dir = tempfile::tempdir().unwrap();
-    let name = unique_name(label);
-    let started = Instant::now();
-    let dir_arg = dir.path().display().to_string();
-    let count = sections.to_string();
-    let mut children: Vec<Child> = (0..procs)
-        .map(|_| {
-            helper(&["cs", &db.url, &name, &count, &dir_arg])
-                .spawn()
-                .unwrap()
-        })
-        .collect();
-    let mut overlaps = 0u32;
-    for child in &mut children {
-        let mut out = String::new();
-        child
-            .stdout
-            .take()
-            .unwrap()
-            .read_to_string(&mut out)
-            .unwrap();
-        let status = wait_exit(child, Duration::from_secs(600));
-        assert!(status.success(), "a process failed: {status}");
-        let reported: u32 = out
-            .lines()
-            .find_map(|l| l.strip_prefix("overlaps "))
-            .expect("overlap count")
-            .parse()
-            .unwrap();
-        overlaps += reported;
-    }
-    let elapsed = started.elapsed();
-    let total = procs as u64 * u64::from(sections);
-    let counter: u64 = std::fs::read_to_string(dir.path().join("counter"))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    let overlapping = overlapping_intervals(&dir.path().join("intervals"));
-    println!(
-        "{label} [{:?}]: {procs} processes x {sections} sections: counter {counter}/{total}, \
-         marker overlaps {overlaps}, overlapping intervals {overlapping}, {:.1} s ({:.0} sections/s)",
-        db.kind,
-        elapsed.as_secs_f64(),
-        total as f64 / elapsed.as_secs_f64()
-    );
-    assert_eq!(overlaps, 0, "two processes were inside at once");
-    assert_eq!(overlapping, 0, "enter/exit intervals overlap");
-    assert_eq!(counter, total, "lost updates");
-}
-
-fn overlapping_intervals(path: &Path) -> usize {
-    let mut intervals: Vec<(u128, u128)> = std::fs::read_to_string(path)
-        .unwrap()
-        .lines()
-        .map(|l| {
-            let mut parts = l.split_whitespace().map(|p| p.parse::<u128>().unwrap());
-            (parts.next().unwrap(), parts.next().unwrap())
-        })
-        .collect();
-    intervals.sort();
-    intervals.windows(2).filter(|w| w[1].0 < w[0].1).count()
-}
 
 /// Scenario 1: 8 processes x 200 critical sections on one name.
 fn processes_exclude_each_other(db: &Db) {
-    run_sections(db, 8, 200, "mutex");
+    run_sections(&[db], 8, 200, "mutex");
 }
 
 /// Scenario 2: a holder killed with SIGKILL is taken over once its lease runs out, not before.
@@ -413,7 +345,7 @@ fn mixed_fleet_on_a_django_table(db: &Db) {
         isolated.now_plus(300),
         isolated.now_plus(-60)
     ));
-    run_sections(&isolated, 4, 50, "django-fleet");
+    run_sections(&[&isolated], 4, 50, "django-fleet");
     let locks = isolated.locks();
     assert!(
         locks.lock("seed.held").try_acquire().unwrap().is_none(),

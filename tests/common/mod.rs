@@ -1,7 +1,8 @@
 //! Shared test support: databases for each backend, raw SQL, unique names.
 //!
-//! URLs come from `SQLITE_DATABASE_URL`, `PG_DATABASE_URL` and `MYSQL_DATABASE_URL`,
-//! defaulting to the local servers. A database that cannot be reached fails the test
+//! URLs come from `SQLITE_DATABASE_URL`, `PG_DATABASE_URL`, `MYSQL_DATABASE_URL` and
+//! `PGBOUNCER_DATABASE_URL` (PostgreSQL through PgBouncer in transaction mode, started by
+//! `scripts/pgbouncer`), defaulting to the local servers. A database that cannot be reached fails the test
 //! and names the URL: nothing is skipped.
 #![allow(dead_code)]
 
@@ -12,12 +13,15 @@ use database_locks::{BackendKind, Config, Locks};
 
 pub const PG_DEFAULT: &str = "postgres://postgres@127.0.0.1:5432/test";
 pub const MYSQL_DEFAULT: &str = "mysql://root@127.0.0.1:3306/test";
+pub const PGBOUNCER_DEFAULT: &str = "postgres://postgres@127.0.0.1:26432/test";
 
 /// A database for one test: the shared server database, or an isolated schema
 /// (PostgreSQL), database (MySQL) or file (SQLite) of its own.
 pub struct Db {
     pub kind: BackendKind,
     pub url: String,
+    /// Reached through a transaction pooler: handles use `Config::transaction_pooling`.
+    pub pooled: bool,
     _dir: Option<tempfile::TempDir>,
     drop_sql: Option<(String, String)>,
 }
@@ -32,6 +36,7 @@ impl Db {
         Db {
             kind: BackendKind::Sqlite,
             url,
+            pooled: false,
             _dir: Some(dir),
             drop_sql: None,
         }
@@ -42,6 +47,21 @@ impl Db {
         let db = Db {
             kind: BackendKind::Postgres,
             url,
+            pooled: false,
+            _dir: None,
+            drop_sql: None,
+        };
+        db.check_reachable();
+        db
+    }
+
+    /// PostgreSQL through PgBouncer in transaction mode (`scripts/pgbouncer start`).
+    pub fn pgbouncer() -> Db {
+        let url = env_url("PGBOUNCER_DATABASE_URL", PGBOUNCER_DEFAULT);
+        let db = Db {
+            kind: BackendKind::Postgres,
+            url,
+            pooled: true,
             _dir: None,
             drop_sql: None,
         };
@@ -54,6 +74,7 @@ impl Db {
         let db = Db {
             kind: BackendKind::Mysql,
             url,
+            pooled: false,
             _dir: None,
             drop_sql: None,
         };
@@ -66,26 +87,38 @@ impl Db {
         let tag = format!("dl_{}_{}", std::process::id(), unique_number());
         match self.kind {
             BackendKind::Sqlite => Db::sqlite(),
+            // PgBouncer does not pass `options` (search_path) on: a database of its own,
+            // reached through PgBouncer's wildcard entry.
+            BackendKind::Postgres if self.pooled => {
+                self.exec(&format!("CREATE DATABASE {tag}"));
+                Db {
+                    kind: self.kind,
+                    url: format!("{}/{tag}", base_url(&self.url)),
+                    pooled: true,
+                    _dir: None,
+                    drop_sql: Some((
+                        self.url.clone(),
+                        format!("DROP DATABASE {tag} WITH (FORCE)"),
+                    )),
+                }
+            }
             BackendKind::Postgres => {
                 self.exec(&format!("CREATE SCHEMA {tag}"));
                 let sep = if self.url.contains('?') { '&' } else { '?' };
                 Db {
                     kind: self.kind,
                     url: format!("{}{sep}options=-csearch_path%3D{tag}", self.url),
+                    pooled: false,
                     _dir: None,
                     drop_sql: Some((self.url.clone(), format!("DROP SCHEMA {tag} CASCADE"))),
                 }
             }
             BackendKind::Mysql => {
                 self.exec(&format!("CREATE DATABASE {tag}"));
-                let base = self
-                    .url
-                    .rsplit_once('/')
-                    .map(|(b, _)| b)
-                    .unwrap_or(&self.url);
                 Db {
                     kind: self.kind,
-                    url: format!("{base}/{tag}"),
+                    url: format!("{}/{tag}", base_url(&self.url)),
+                    pooled: false,
                     _dir: None,
                     drop_sql: Some((self.url.clone(), format!("DROP DATABASE {tag}"))),
                 }
@@ -95,7 +128,7 @@ impl Db {
     }
 
     pub fn config(&self) -> Config {
-        Config::new(self.url.clone())
+        Config::new(self.url.clone()).transaction_pooling(self.pooled)
     }
 
     pub fn locks(&self) -> Locks {
@@ -176,12 +209,18 @@ impl Drop for Db {
             let admin = Db {
                 kind: self.kind,
                 url,
+                pooled: self.pooled,
                 _dir: None,
                 drop_sql: None,
             };
             let _ = admin.try_exec(&sql);
         }
     }
+}
+
+/// The URL without its database name.
+fn base_url(url: &str) -> &str {
+    url.rsplit_once('/').map(|(b, _)| b).unwrap_or(url)
 }
 
 fn env_url(var: &str, default: &str) -> String {
@@ -223,9 +262,17 @@ pub fn eventually(limit: Duration, mut condition: impl FnMut() -> bool) -> bool 
     }
 }
 
-/// Instantiates each listed `fn(&Db)` once per compiled-in backend.
+/// Instantiates each listed `fn(&Db)` once per compiled-in backend; with `pgbouncer;`
+/// first, a second time on PostgreSQL through PgBouncer in transaction mode.
 #[macro_export]
 macro_rules! on_each_backend {
+    (pgbouncer; $($test:ident),* $(,)?) => {
+        $crate::on_each_backend!($($test),*);
+        #[cfg(feature = "postgres")]
+        mod pgbouncer {
+            $( #[test] fn $test() { super::$test(&$crate::common::Db::pgbouncer()) } )*
+        }
+    };
     ($($test:ident),* $(,)?) => {
         #[cfg(feature = "sqlite")]
         mod sqlite {
@@ -305,6 +352,7 @@ impl Db {
         let db = Db {
             kind: BackendKind::Mysql,
             url: url.to_owned(),
+            pooled: false,
             _dir: None,
             drop_sql: None,
         };
@@ -321,6 +369,19 @@ use std::sync::mpsc;
 
 /// The workspace's test helper binary (tests/support/lock_helper.rs).
 pub const HELPER: &str = env!("CARGO_BIN_EXE_lock-helper");
+
+impl Db {
+    /// `lock-helper ARGS...` for this database: told to use transaction pooling settings
+    /// when the database is behind PgBouncer.
+    pub fn helper(&self, args: &[&str]) -> Command {
+        let mut command = helper(args);
+        command.env(
+            "DATABASE_LOCKS_TRANSACTION_POOLING",
+            if self.pooled { "true" } else { "false" },
+        );
+        command
+    }
+}
 
 /// `lock-helper ARGS...` with its stdout piped.
 pub fn helper(args: &[&str]) -> Command {
@@ -369,4 +430,78 @@ pub fn wait_exit(child: &mut Child, within: Duration) -> std::process::ExitStatu
         }
         std::thread::sleep(Duration::from_millis(10));
     }
+}
+
+/// Runs `procs` processes (process i on `dbs[i % dbs.len()]`) of `sections` critical
+/// sections each on one name, and checks the shared counter, the markers and the
+/// enter/exit intervals (`lock-helper cs`).
+pub fn run_sections(dbs: &[&Db], procs: usize, sections: u32, label: &str) {
+    use std::io::Read;
+    let dir = tempfile::tempdir().unwrap();
+    let name = unique_name(label);
+    let started = Instant::now();
+    let dir_arg = dir.path().display().to_string();
+    let count = sections.to_string();
+    let mut children: Vec<Child> = (0..procs)
+        .map(|i| {
+            let db = dbs[i % dbs.len()];
+            db.helper(&["cs", &db.url, &name, &count, &dir_arg])
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let mut overlaps = 0u32;
+    for child in &mut children {
+        let mut out = String::new();
+        child
+            .stdout
+            .take()
+            .unwrap()
+            .read_to_string(&mut out)
+            .unwrap();
+        let status = wait_exit(child, Duration::from_secs(600));
+        assert!(status.success(), "a process failed: {status}");
+        let reported: u32 = out
+            .lines()
+            .find_map(|l| l.strip_prefix("overlaps "))
+            .expect("overlap count")
+            .parse()
+            .unwrap();
+        overlaps += reported;
+    }
+    let elapsed = started.elapsed();
+    let total = procs as u64 * u64::from(sections);
+    let counter: u64 = std::fs::read_to_string(dir.path().join("counter"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let overlapping = overlapping_intervals(&dir.path().join("intervals"));
+    println!(
+        "{label} [{:?}{}, {} URL(s)]: {procs} processes x {sections} sections: counter \
+         {counter}/{total}, marker overlaps {overlaps}, overlapping intervals {overlapping}, \
+         {:.1} s ({:.0} sections/s)",
+        dbs[0].kind,
+        if dbs[0].pooled { " via PgBouncer" } else { "" },
+        dbs.len(),
+        elapsed.as_secs_f64(),
+        total as f64 / elapsed.as_secs_f64()
+    );
+    assert_eq!(overlaps, 0, "two processes were inside at once");
+    assert_eq!(overlapping, 0, "enter/exit intervals overlap");
+    assert_eq!(counter, total, "lost updates");
+}
+
+/// How many of the `enter exit` intervals in the file overlap the next one.
+fn overlapping_intervals(path: &std::path::Path) -> usize {
+    let mut intervals: Vec<(u128, u128)> = std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let mut parts = l.split_whitespace().map(|p| p.parse::<u128>().unwrap());
+            (parts.next().unwrap(), parts.next().unwrap())
+        })
+        .collect();
+    intervals.sort();
+    intervals.windows(2).filter(|w| w[1].0 < w[0].1).count()
 }

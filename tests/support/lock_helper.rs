@@ -8,6 +8,8 @@
 //! lock-helper cs URL NAME COUNT DIR               COUNT critical sections (see `sections`)
 //! lock-helper wait URL NAME RETRY                 waits (polling every RETRY), then releases
 //! ```
+//! Settings other than the URL come from the environment (`Config::from_env`), e.g.
+//! `DATABASE_LOCKS_TRANSACTION_POOLING=true` behind PgBouncer.
 //! Times are seconds (fractions allowed). Lines on stdout: `acquired TOKEN`, `renewing`,
 //! `lost REASON`, `released`, `held HOLDER`.
 
@@ -30,7 +32,8 @@ fn say(line: &str) {
 }
 
 fn handle(url: &str) -> Locks {
-    Locks::new(Config::new(url)).unwrap_or_else(|e| panic!("handle for {url}: {e}"))
+    let config = Config::from_env().unwrap_or_else(|e| panic!("settings: {e}"));
+    Locks::new(config.url(url)).unwrap_or_else(|e| panic!("handle for {url}: {e}"))
 }
 
 fn main() -> ExitCode {
