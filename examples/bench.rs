@@ -507,6 +507,9 @@ fn run(target: &Target, plan: &Plan) -> Res<()> {
     let mut table = Table(Vec::new());
 
     uncontended(target, plan, &mut raw, &locks, &mut table)?;
+    if target.kind == BackendKind::Postgres {
+        pooling(target, plan, &mut raw, &mut table)?;
+    }
     handoff(target, plan, &locks, &mut table)?;
     contended(plan, &locks, &mut table)?;
     waiters(target, plan, &mut table)?;
@@ -603,6 +606,87 @@ fn uncontended(
             format!(
                 "{:.2} x floor; session-bound, writes nothing, gone with the session",
                 get("ref/floor")
+            ),
+        );
+    }
+    Ok(())
+}
+
+/// What transaction pooling costs: acquire+release (auto_renew off) with unnamed
+/// statements directly, and through PgBouncer in transaction mode (`PGBOUNCER_DATABASE_URL`,
+/// default `scripts/pgbouncer`'s port; on its database's own `database_locks_lock`, as
+/// PgBouncer does not pass `search_path` on), each against the floor in the same rounds.
+fn pooling(target: &Target, plan: &Plan, raw: &mut Raw, table: &mut Table) -> Res<()> {
+    let unnamed = Locks::new(Config::new(target.url.clone()).prepared_statements(false))
+        .map_err(|e| e.to_string())?;
+    let bouncer_url = std::env::var("PGBOUNCER_DATABASE_URL")
+        .ok()
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| "postgres://postgres@127.0.0.1:26432/test".to_owned());
+    let bouncer = Locks::new(Config::new(bouncer_url.clone()).transaction_pooling(true))
+        .map_err(|e| e.to_string())?;
+    let cycle = |locks: &Locks| {
+        let locks = locks.clone();
+        move || -> Res<()> {
+            let guard = locks
+                .lock("bench.pooling")
+                .auto_renew(false)
+                .acquire()
+                .map_err(|e| e.to_string())?;
+            guard.release().map_err(|e| e.to_string())
+        }
+    };
+    rate(Duration::from_millis(200), cycle(&unnamed))?;
+    let reachable = match rate(Duration::from_millis(200), cycle(&bouncer)) {
+        Ok(_) => true,
+        Err(err) => {
+            table.row(
+                "through PgBouncer (transaction mode)",
+                "-",
+                format!("not measured: {bouncer_url}: {err}"),
+            );
+            false
+        }
+    };
+    let mut series: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+    let mut per_cycle: BTreeMap<&str, f64> = BTreeMap::new();
+    for _ in 0..plan.rounds {
+        let (floor, _) = rate(plan.round, || raw.floor_pair())?;
+        let (direct, d_st) = rate(plan.round, cycle(&unnamed))?;
+        series.entry("unnamed").or_default().push(direct);
+        series
+            .entry("unnamed/floor")
+            .or_default()
+            .push(direct / floor);
+        per_cycle.insert("unnamed", d_st);
+        if reachable {
+            let (pooled, p_st) = rate(plan.round, cycle(&bouncer))?;
+            series.entry("bouncer").or_default().push(pooled);
+            series
+                .entry("bouncer/floor")
+                .or_default()
+                .push(pooled / floor);
+            per_cycle.insert("bouncer", p_st);
+        }
+    }
+    let get = |k: &str| median(series.get(k).cloned().unwrap_or_default());
+    table.row(
+        "acquire+release, prepared_statements(false), cycles/s",
+        format!("{:.0}", get("unnamed")),
+        format!(
+            "{:.2} x floor; {:.1} statements per cycle, each parsed every time",
+            get("unnamed/floor"),
+            per_cycle["unnamed"]
+        ),
+    );
+    if reachable {
+        table.row(
+            "acquire+release through PgBouncer, transaction_pooling, cycles/s",
+            format!("{:.0}", get("bouncer")),
+            format!(
+                "{:.2} x the direct floor; {:.1} statements per cycle",
+                get("bouncer/floor"),
+                per_cycle["bouncer"]
             ),
         );
     }
