@@ -87,7 +87,12 @@ impl Locks {
     }
 
     /// A handle that takes connections from the application's own diesel r2d2 pool.
-    /// The URL in `config` is not used.
+    /// The URL in `config` is only shown in messages; the pool settings (size, connect
+    /// timeout) are the pool's. With [`Config::prepared_statements`]`(false)` (or
+    /// [`Config::transaction_pooling`]), each connection the handle checks out has
+    /// diesel's statement cache turned off; r2d2's own check on checkout runs before that,
+    /// so behind PgBouncer configure the pool's connections too (README, "Behind
+    /// PgBouncer").
     ///
     /// ```no_run
     /// # #[cfg(feature = "sqlite")] {
