@@ -279,7 +279,9 @@ fn a_lost_lock_among_many_is_reported_for_that_lock_alone(db: &Db) {
     }
 }
 
+// Through PgBouncer too: none of these needs notifications from another process.
 on_each_backend!(
+    pgbouncer;
     release_wakes_a_same_handle_waiter,
     a_release_wakes_one_waiter_not_all,
     renewer_renews_many_locks_in_one_statement,

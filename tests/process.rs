@@ -3,7 +3,6 @@
 mod common;
 
 use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{unique_name, Db};
@@ -12,9 +11,8 @@ use common::{unique_name, Db};
 /// the main thread, before the lease would have run out.
 fn default_lost_lock_cb_ends_the_process(db: &Db) {
     let name = unique_name("default-cb");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_lock-helper"))
-        .args(["hold", &db.url, &name, "4", "2", "60"])
-        .stdout(Stdio::piped())
+    let mut child = db
+        .helper(&["hold", &db.url, &name, "4", "2", "60"])
         .spawn()
         .expect("spawn lock-helper");
     let mut line = String::new();
@@ -37,4 +35,4 @@ fn default_lost_lock_cb_ends_the_process(db: &Db) {
     assert_eq!(status.code(), Some(database_locks::LOST_LOCK_EXIT_CODE));
 }
 
-on_each_backend!(default_lost_lock_cb_ends_the_process);
+on_each_backend!(pgbouncer; default_lost_lock_cb_ends_the_process);
