@@ -117,31 +117,18 @@ impl From<String> for Failure {
 /// Exit status or failure.
 pub type Outcome = Result<u8, Failure>;
 
-/// The library's configuration from the environment, with the URL from `--url` when given.
-///
-/// `Config::from_env` reads the URL from the environment only, so `--url` is lent to it as
-/// `DATABASE_LOCKS_URL` for the call and the variable restored at once: the command run by
-/// `run` sees the environment the tool was given. This runs before any other thread starts.
+/// The library's configuration from the environment, with the URL from `--url` when given
+/// (the environment's URL is then not read).
 fn load_config(url: Option<&str>, connect_timeout: Duration) -> Result<Config, Failure> {
-    const VAR: &str = "DATABASE_LOCKS_URL";
     let config = match url {
         None => Config::from_env(),
-        Some(url) => {
-            let saved = std::env::var_os(VAR);
-            std::env::set_var(VAR, url);
-            let config = Config::from_env();
-            match saved {
-                Some(value) => std::env::set_var(VAR, value),
-                None => std::env::remove_var(VAR),
-            }
-            config.map_err(|err| match err {
-                Error::Config { variable, reason } if variable == VAR => Error::Config {
-                    variable: "--url".into(),
-                    reason,
-                },
-                other => other,
-            })
-        }
+        Some(url) => Config::from_env_with_url(url).map_err(|err| match err {
+            Error::Config { variable, reason } if variable == "url" => Error::Config {
+                variable: "--url".into(),
+                reason,
+            },
+            other => other,
+        }),
     };
     Ok(config?.connect_timeout(connect_timeout))
 }

@@ -95,14 +95,37 @@ impl Config {
         Self::from_lookup(|name| std::env::var(name).ok())
     }
 
+    /// Reads every setting but the URL from the environment, as [`Config::from_env`]; the
+    /// URL is `url` (from a command line, say), and `DATABASE_LOCKS_URL` and `DATABASE_URL`
+    /// are not read. A malformed `url` is an [`Error::Config`] whose variable is `url`.
+    ///
+    /// ```
+    /// let config = database_locks::Config::from_env_with_url("postgres://app@db/app")?;
+    /// assert_eq!(config.get_url(), "postgres://app@db/app");
+    /// assert!(database_locks::Config::from_env_with_url("redis://cache/0").is_err());
+    /// # Ok::<(), database_locks::Error>(())
+    /// ```
+    pub fn from_env_with_url(url: impl Into<String>) -> Result<Self> {
+        Self::settings_from_lookup(("url", url.into()), |name| std::env::var(name).ok())
+    }
+
     pub(crate) fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self> {
-        let (variable, url) = match get("DATABASE_LOCKS_URL").filter(|v| !v.is_empty()) {
+        let url = match get("DATABASE_LOCKS_URL").filter(|v| !v.is_empty()) {
             Some(url) => ("DATABASE_LOCKS_URL", url),
             None => match get("DATABASE_URL").filter(|v| !v.is_empty()) {
                 Some(url) => ("DATABASE_URL", url),
                 None => ("DATABASE_LOCKS_URL", DEFAULT_SQLITE_FILE.to_owned()),
             },
         };
+        Self::settings_from_lookup(url, get)
+    }
+
+    /// The URL (named after where it came from, for errors) and every other setting from
+    /// `get`.
+    fn settings_from_lookup(
+        (variable, url): (&str, String),
+        get: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self> {
         if let Err(Error::Config { reason, .. }) = parse_url(&url) {
             return Err(Error::config(
                 variable,
@@ -420,6 +443,26 @@ mod tests {
         assert_eq!(config.status_file, None);
         assert!(config.notify);
         assert!(config.prepared_statements);
+    }
+
+    #[test]
+    fn a_given_url_replaces_the_environments() {
+        let lookup = |name: &str| match name {
+            "DATABASE_LOCKS_URL" => Some("redis://not/read".to_owned()),
+            "DATABASE_LOCKS_DEFAULT_TTL" => Some("3".to_owned()),
+            _ => None,
+        };
+        let config =
+            Config::settings_from_lookup(("url", "mysql://root@h/db".to_owned()), lookup).unwrap();
+        assert_eq!(config.url, "mysql://root@h/db");
+        assert_eq!(config.default_ttl, Some(Duration::from_secs(3)));
+        let err = Config::settings_from_lookup(("url", "redis://u:secret@h/0".to_owned()), lookup)
+            .unwrap_err();
+        assert!(
+            matches!(&err, Error::Config { variable, .. } if variable == "url"),
+            "{err}"
+        );
+        assert!(!err.to_string().contains("secret"), "{err}");
     }
 
     #[test]
