@@ -13,6 +13,7 @@ const LOST: i32 = 75;
 const SIGTERM_STATUS: i32 = 128 + libc::SIGTERM;
 
 on_each_backend!(
+    pgbouncer;
     two_runs_take_turns,
     try_exits_busy_while_held,
     sigterm_releases_the_lock_and_ends_the_command,

@@ -1,8 +1,9 @@
 //! Support for the end-to-end tests: a database per backend, the built tool, processes
 //! that are cleaned up, and polling with a deadline.
 //!
-//! URLs come from `SQLITE_DATABASE_URL`, `PG_DATABASE_URL` and `MYSQL_DATABASE_URL`,
-//! defaulting to the local servers (as the workspace's own tests/common/mod.rs, which the
+//! URLs come from `SQLITE_DATABASE_URL`, `PG_DATABASE_URL`, `MYSQL_DATABASE_URL` and
+//! `PGBOUNCER_DATABASE_URL` (PostgreSQL through PgBouncer in transaction mode, started by
+//! `scripts/pgbouncer`), defaulting to the local servers (as the workspace's own tests/common/mod.rs, which the
 //! `Db` part here is trimmed from). A database that cannot be reached fails the test and
 //! names the URL: nothing is skipped.
 #![allow(dead_code)]
@@ -14,6 +15,7 @@ use std::time::{Duration, Instant};
 
 pub const PG_DEFAULT: &str = "postgres://postgres@127.0.0.1:5432/test";
 pub const MYSQL_DEFAULT: &str = "mysql://root@127.0.0.1:3306/test";
+pub const PGBOUNCER_DEFAULT: &str = "postgres://postgres@127.0.0.1:26432/test";
 
 /// Long enough for anything a test waits for on a slow, shared machine; only reached
 /// when something hangs.
@@ -31,6 +33,8 @@ pub struct Db {
     pub kind: Kind,
     pub url: String,
     pub dir: tempfile::TempDir,
+    /// Behind a transaction pooler: the tool gets `DATABASE_LOCKS_TRANSACTION_POOLING=true`.
+    pub pooled: bool,
 }
 
 impl Db {
@@ -44,6 +48,7 @@ impl Db {
             kind: Kind::Sqlite,
             url,
             dir,
+            pooled: false,
         }
     }
 
@@ -55,11 +60,23 @@ impl Db {
         Db::server(Kind::Mysql, env_url("MYSQL_DATABASE_URL", MYSQL_DEFAULT))
     }
 
+    /// PostgreSQL through PgBouncer in transaction mode (`scripts/pgbouncer start`).
+    pub fn pgbouncer() -> Db {
+        Db {
+            pooled: true,
+            ..Db::server(
+                Kind::Postgres,
+                env_url("PGBOUNCER_DATABASE_URL", PGBOUNCER_DEFAULT),
+            )
+        }
+    }
+
     fn server(kind: Kind, url: String) -> Db {
         let db = Db {
             kind,
             url,
             dir: tempfile::tempdir().expect("temp dir"),
+            pooled: false,
         };
         if let Err(e) = db.try_exec("SELECT 1") {
             panic!(
@@ -92,9 +109,15 @@ impl Db {
             "DATABASE_LOCKS_STATUS_FILE",
             "DATABASE_LOCKS_DEFAULT_TTL",
             "DATABASE_LOCKS_DEFAULT_TTL_RENEW",
+            "DATABASE_LOCKS_NOTIFY",
+            "DATABASE_LOCKS_PREPARED_STATEMENTS",
         ] {
             cmd.env_remove(var);
         }
+        cmd.env(
+            "DATABASE_LOCKS_TRANSACTION_POOLING",
+            if self.pooled { "true" } else { "false" },
+        );
         cmd.current_dir(self.dir.path()).stdin(Stdio::null());
         cmd
     }
@@ -423,9 +446,17 @@ pub fn unique_name(test: &str) -> String {
     )
 }
 
-/// Instantiates each listed `fn(&Db)` once per compiled-in backend.
+/// Instantiates each listed `fn(&Db)` once per compiled-in backend; with `pgbouncer;`
+/// first, a second time on PostgreSQL through PgBouncer in transaction mode.
 #[macro_export]
 macro_rules! on_each_backend {
+    (pgbouncer; $($test:ident),* $(,)?) => {
+        $crate::on_each_backend!($($test),*);
+        #[cfg(feature = "postgres")]
+        mod pgbouncer {
+            $( #[test] fn $test() { super::$test(&$crate::common::Db::pgbouncer()) } )*
+        }
+    };
     ($($test:ident),* $(,)?) => {
         #[cfg(feature = "sqlite")]
         mod sqlite {
