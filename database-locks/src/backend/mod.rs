@@ -259,6 +259,53 @@ pub(crate) fn breaks_connection(error: &DieselError) -> bool {
     }
 }
 
+/// `verify`, `list` and `force_release` of [`LockConnection`]: the same Rust on every
+/// backend, each backend stating its own SQL. Expands inside `impl LockConnection for ..`.
+macro_rules! lease_queries {
+    (
+        verify: $verify:expr,
+        list: $list:expr,
+        list_one: $list_one:expr,
+        force_release: $force_release:expr $(,)?
+    ) => {
+        fn verify(&mut self, lease: $crate::backend::Lease<'_>) -> diesel::QueryResult<bool> {
+            use $crate::stmt::{Bind, Stmt};
+            let binds = [
+                Bind::Text(lease.name),
+                Bind::Text(lease.owner),
+                Bind::BigInt(lease.token),
+            ];
+            let rows: Vec<$crate::backend::Count> =
+                diesel::RunQueryDsl::load(Stmt::new($verify, &binds), self)?;
+            Ok(rows.first().is_some_and(|c| c.n > 0))
+        }
+
+        fn list(
+            &mut self,
+            name: Option<&str>,
+        ) -> diesel::QueryResult<Vec<$crate::backend::LockInfo>> {
+            use $crate::stmt::{Bind, Stmt};
+            let rows: Vec<$crate::backend::InfoRow> = match name {
+                Some(name) => {
+                    diesel::RunQueryDsl::load(Stmt::new($list_one, &[Bind::Text(name)]), self)?
+                }
+                None => diesel::RunQueryDsl::load(Stmt::new($list, &[]), self)?,
+            };
+            Ok(rows
+                .into_iter()
+                .map($crate::backend::LockInfo::from)
+                .collect())
+        }
+
+        fn force_release(&mut self, name: &str) -> diesel::QueryResult<bool> {
+            use $crate::stmt::{Bind, Stmt};
+            diesel::RunQueryDsl::execute(Stmt::new($force_release, &[Bind::Text(name)]), self)
+                .map($crate::backend::matched)
+        }
+    };
+}
+pub(crate) use lease_queries;
+
 /// A count of affected rows as "did it match".
 pub(crate) fn matched(rows: usize) -> bool {
     rows > 0

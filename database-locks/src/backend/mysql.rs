@@ -17,8 +17,8 @@ use diesel::result::Error as DieselError;
 use diesel::{QueryResult, RunQueryDsl};
 
 use super::{
-    classify, held_by, matched, migration_outcome, Attempt, Column, Count, Failure, InfoRow, Lease,
-    LockConnection, LockInfo, Migration,
+    classify, held_by, matched, migration_outcome, Attempt, Column, Count, Failure, Lease,
+    LockConnection, Migration,
 };
 use crate::config::BackendKind;
 use crate::stmt::{json_rows, Bind, Stmt};
@@ -280,29 +280,12 @@ impl LockConnection for MysqlConnection {
         Stmt::new(RELEASE, &binds).execute(self).map(matched)
     }
 
-    fn verify(&mut self, lease: Lease<'_>) -> QueryResult<bool> {
-        let binds = [
-            Bind::Text(lease.name),
-            Bind::Text(lease.owner),
-            Bind::BigInt(lease.token),
-        ];
-        let rows: Vec<Count> = Stmt::new(VERIFY, &binds).load(self)?;
-        Ok(rows.first().is_some_and(|c| c.n > 0))
-    }
-
-    fn list(&mut self, name: Option<&str>) -> QueryResult<Vec<LockInfo>> {
-        let rows: Vec<InfoRow> = match name {
-            Some(name) => Stmt::new(LIST_ONE, &[Bind::Text(name)]).load(self)?,
-            None => Stmt::new(LIST, &[]).load(self)?,
-        };
-        Ok(rows.into_iter().map(LockInfo::from).collect())
-    }
-
-    fn force_release(&mut self, name: &str) -> QueryResult<bool> {
-        Stmt::new(FORCE_RELEASE, &[Bind::Text(name)])
-            .execute(self)
-            .map(matched)
-    }
+    super::lease_queries!(
+        verify: VERIFY,
+        list: LIST,
+        list_one: LIST_ONE,
+        force_release: FORCE_RELEASE,
+    );
 
     fn transient_message(message: &str) -> bool {
         let m = message.to_ascii_lowercase();

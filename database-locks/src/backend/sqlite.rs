@@ -13,8 +13,7 @@ use diesel::sqlite::SqliteConnection;
 use diesel::{QueryResult, QueryableByName, RunQueryDsl};
 
 use super::{
-    held_by, matched, migration_outcome, Attempt, Column, Count, InfoRow, Lease, LockConnection,
-    LockInfo, Migration,
+    held_by, matched, migration_outcome, Attempt, Column, Lease, LockConnection, Migration,
 };
 use crate::config::BackendKind;
 use crate::stmt::{json_rows, Bind, Stmt};
@@ -212,29 +211,12 @@ impl LockConnection for SqliteConnection {
         Stmt::new(RELEASE, &binds).execute(self).map(matched)
     }
 
-    fn verify(&mut self, lease: Lease<'_>) -> QueryResult<bool> {
-        let binds = [
-            Bind::Text(lease.name),
-            Bind::Text(lease.owner),
-            Bind::BigInt(lease.token),
-        ];
-        let rows: Vec<Count> = Stmt::new(VERIFY, &binds).load(self)?;
-        Ok(rows.first().is_some_and(|c| c.n > 0))
-    }
-
-    fn list(&mut self, name: Option<&str>) -> QueryResult<Vec<LockInfo>> {
-        let rows: Vec<InfoRow> = match name {
-            Some(name) => Stmt::new(LIST_ONE, &[Bind::Text(name)]).load(self)?,
-            None => Stmt::new(LIST, &[]).load(self)?,
-        };
-        Ok(rows.into_iter().map(LockInfo::from).collect())
-    }
-
-    fn force_release(&mut self, name: &str) -> QueryResult<bool> {
-        Stmt::new(FORCE_RELEASE, &[Bind::Text(name)])
-            .execute(self)
-            .map(matched)
-    }
+    super::lease_queries!(
+        verify: VERIFY,
+        list: LIST,
+        list_one: LIST_ONE,
+        force_release: FORCE_RELEASE,
+    );
 
     fn transient_message(message: &str) -> bool {
         let m = message.to_ascii_lowercase();
