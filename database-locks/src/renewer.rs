@@ -562,10 +562,19 @@ mod tests {
     /// first tick sees them all.
     fn schedule_now(renewer: &Renewer, leases: &[Arc<LeaseState>]) {
         let now = Instant::now();
+        schedule_at(renewer, leases.iter().map(|l| (Arc::clone(l), now)));
+    }
+
+    /// Schedules each lease for renewal at its instant, under one hold of the schedule's
+    /// lock (as `Renewer::add` does one at a time), so that the first tick sees them all.
+    fn schedule_at(
+        renewer: &Renewer,
+        leases: impl IntoIterator<Item = (Arc<LeaseState>, Instant)>,
+    ) {
         let mut schedule = renewer.shared.schedule.lock();
-        for lease in leases {
-            schedule.horizon = schedule.horizon.max(period(lease) / 2);
-            schedule.schedule(Arc::clone(lease), now);
+        for (lease, at) in leases {
+            schedule.horizon = schedule.horizon.max(period(&lease) / 2);
+            schedule.schedule(lease, at);
         }
         renewer.shared.renew_wake.notify_one();
     }
@@ -594,14 +603,13 @@ mod tests {
         let (lost_tx, _lost) = mpsc::channel();
         let now = Instant::now();
         let period = TTL - RENEW;
-        // One due now, one due in a quarter period, one in three quarters.
-        for (lease, ahead) in
-            due_leases(3, &lost_tx)
-                .into_iter()
-                .zip([Duration::ZERO, period / 4, period * 3 / 4])
-        {
-            renewer.add(lease, now + ahead - period);
-        }
+        // One due now, one due in a quarter period, one in three quarters. Scheduled at
+        // once: added one by one, the first could be renewed alone before the second came.
+        let leases = due_leases(3, &lost_tx)
+            .into_iter()
+            .zip([Duration::ZERO, period / 4, period * 3 / 4])
+            .map(|(lease, ahead)| (lease, now + ahead));
+        schedule_at(&renewer, leases);
         let batch = batches.recv_timeout(BOUND).expect("a renewal");
         assert_eq!(batch, ["lease-0", "lease-1"]);
     }
