@@ -8,7 +8,7 @@
 //! lock-helper cs URL NAME COUNT DIR               COUNT critical sections (see `sections`)
 //! lock-helper wait URL NAME RETRY                 waits (polling every RETRY), then releases
 //! ```
-//! Settings other than the URL come from the environment (`Config::from_env`), e.g.
+//! Settings other than the URL come from the environment (`Config::from_env_with_url`), e.g.
 //! `DATABASE_LOCKS_TRANSACTION_POOLING=true` behind PgBouncer.
 //! Times are seconds (fractions allowed). Lines on stdout: `acquired TOKEN`, `renewing`,
 //! `lost REASON`, `released`, `held HOLDER`.
@@ -32,8 +32,8 @@ fn say(line: &str) {
 }
 
 fn handle(url: &str) -> Locks {
-    let config = Config::from_env().unwrap_or_else(|e| panic!("settings: {e}"));
-    Locks::new(config.url(url)).unwrap_or_else(|e| panic!("handle for {url}: {e}"))
+    let config = Config::from_env_with_url(url).unwrap_or_else(|e| panic!("settings: {e}"));
+    Locks::new(config).unwrap_or_else(|e| panic!("handle for {url}: {e}"))
 }
 
 fn main() -> ExitCode {
