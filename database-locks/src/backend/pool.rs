@@ -352,3 +352,30 @@ where
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::named_statement_error;
+    use diesel::result::{DatabaseErrorKind, Error};
+
+    fn database_error(message: &str) -> Error {
+        Error::DatabaseError(DatabaseErrorKind::Unknown, Box::new(message.to_owned()))
+    }
+
+    #[test]
+    fn named_statement_errors_are_recognised() {
+        for message in [
+            "prepared statement \"__diesel_stmt_1\" does not exist",
+            "prepared statement \"__diesel_stmt_12\" already exists",
+        ] {
+            assert!(named_statement_error(&database_error(message)), "{message}");
+        }
+        for other in [
+            database_error("prepared statement \"mine\" does not exist"),
+            database_error("relation \"database_locks_lock\" does not exist"),
+            Error::NotFound,
+        ] {
+            assert!(!named_statement_error(&other), "{other}");
+        }
+    }
+}
