@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use common::{eventually, unique_name, Db};
 use database_locks::{Error, Locks, Migration};
+use database_locks_testkit::on_each_backend;
 
 const SEC: Duration = Duration::from_secs(1);
 

@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use common::{eventually, Db};
 use database_locks::{locked, Command, Error, LostLock};
+use database_locks_testkit::on_each_backend;
 
 static GLOBAL: Mutex<()> = Mutex::new(());
 

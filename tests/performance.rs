@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use common::{eventually, unique_name, Db};
 use database_locks::{Config, LockGuard, Locks};
+use database_locks_testkit::on_each_backend;
 use diesel::connection::{set_default_instrumentation, Instrumentation, InstrumentationEvent};
 
 /// A poll period no test waits for.

@@ -6,6 +6,7 @@ use std::io::{BufRead, BufReader};
 use std::time::{Duration, Instant};
 
 use common::{unique_name, Db};
+use database_locks_testkit::on_each_backend;
 
 /// The default `lost_lock_cb` ends the process with status 75, like the seed raising in
 /// the main thread, before the lease would have run out.

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use common::{expect_line, helper, lines, run_sections, unique_name, wait_exit, Db, HELPER};
 use database_locks::{BackendKind, Config, Error, Locks};
+use database_locks_testkit::on_each_backend;
 
 /// Scenario 1: 8 processes x 200 critical sections on one name.
 fn processes_exclude_each_other(db: &Db) {

@@ -7,6 +7,7 @@
 mod common;
 
 use common::{eventually, process_ended, read_pid, unique_name, Db, Kind, Pty, Running};
+use database_locks_testkit::on_each_backend;
 
 const BUSY: i32 = 124;
 const LOST: i32 = 75;

@@ -6,14 +6,13 @@
 //! and names the URL: nothing is skipped.
 #![allow(dead_code)]
 
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use database_locks::{BackendKind, Config, Locks};
 
-pub const PG_DEFAULT: &str = "postgres://postgres@127.0.0.1:5432/test";
-pub const MYSQL_DEFAULT: &str = "mysql://root@127.0.0.1:3306/test";
-pub const PGBOUNCER_DEFAULT: &str = "postgres://postgres@127.0.0.1:26432/test";
+pub use database_locks_testkit::{
+    env_url, unique_number, MYSQL_DEFAULT, PGBOUNCER_DEFAULT, PG_DEFAULT,
+};
 
 /// A database for one test: the shared server database, or an isolated schema
 /// (PostgreSQL), database (MySQL) or file (SQLite) of its own.
@@ -151,38 +150,7 @@ impl Db {
     }
 
     pub fn try_exec(&self, sql: &str) -> Result<usize, String> {
-        use diesel::{Connection, RunQueryDsl};
-        match self.kind {
-            #[cfg(feature = "sqlite")]
-            BackendKind::Sqlite => {
-                let mut c =
-                    diesel::SqliteConnection::establish(&self.url).map_err(|e| e.to_string())?;
-                diesel::sql_query("PRAGMA busy_timeout = 5000")
-                    .execute(&mut c)
-                    .map_err(|e| e.to_string())?;
-                diesel::sql_query(sql)
-                    .execute(&mut c)
-                    .map_err(|e| e.to_string())
-            }
-            #[cfg(feature = "postgres")]
-            BackendKind::Postgres => {
-                let mut c =
-                    diesel::PgConnection::establish(&self.url).map_err(|e| e.to_string())?;
-                diesel::sql_query(sql)
-                    .execute(&mut c)
-                    .map_err(|e| e.to_string())
-            }
-            #[cfg(feature = "mysql")]
-            BackendKind::Mysql => {
-                let mut c =
-                    diesel::MysqlConnection::establish(&self.url).map_err(|e| e.to_string())?;
-                diesel::sql_query(sql)
-                    .execute(&mut c)
-                    .map_err(|e| e.to_string())
-            }
-            #[allow(unreachable_patterns)]
-            other => panic!("backend {other:?} is not compiled in"),
-        }
+        database_locks_testkit::try_exec(self.kind, &self.url, sql)
     }
 
     /// The database's "now" plus `secs`, as an SQL expression in the column's type.
@@ -223,29 +191,9 @@ fn base_url(url: &str) -> &str {
     url.rsplit_once('/').map(|(b, _)| b).unwrap_or(url)
 }
 
-fn env_url(var: &str, default: &str) -> String {
-    std::env::var(var)
-        .ok()
-        .filter(|v| !v.is_empty())
-        .unwrap_or_else(|| default.to_owned())
-}
-
-fn unique_number() -> u32 {
-    static N: AtomicU32 = AtomicU32::new(0);
-    N.fetch_add(1, Ordering::Relaxed)
-}
-
 /// A lock name no other test or run uses.
 pub fn unique_name(test: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or_default();
-    format!(
-        "test.{test}.{}.{nanos}.{}",
-        std::process::id(),
-        unique_number()
-    )
+    database_locks_testkit::unique_name("test", test)
 }
 
 /// Polls `condition` until it holds or `limit` passes; returns whether it held.
@@ -260,33 +208,6 @@ pub fn eventually(limit: Duration, mut condition: impl FnMut() -> bool) -> bool 
         }
         std::thread::sleep(Duration::from_millis(10));
     }
-}
-
-/// Instantiates each listed `fn(&Db)` once per compiled-in backend; with `pgbouncer;`
-/// first, a second time on PostgreSQL through PgBouncer in transaction mode.
-#[macro_export]
-macro_rules! on_each_backend {
-    (pgbouncer; $($test:ident),* $(,)?) => {
-        $crate::on_each_backend!($($test),*);
-        #[cfg(feature = "postgres")]
-        mod pgbouncer {
-            $( #[test] fn $test() { super::$test(&$crate::common::Db::pgbouncer()) } )*
-        }
-    };
-    ($($test:ident),* $(,)?) => {
-        #[cfg(feature = "sqlite")]
-        mod sqlite {
-            $( #[test] fn $test() { super::$test(&$crate::common::Db::sqlite()) } )*
-        }
-        #[cfg(feature = "postgres")]
-        mod postgres {
-            $( #[test] fn $test() { super::$test(&$crate::common::Db::postgres()) } )*
-        }
-        #[cfg(feature = "mysql")]
-        mod mysql {
-            $( #[test] fn $test() { super::$test(&$crate::common::Db::mysql()) } )*
-        }
-    };
 }
 
 impl Db {

@@ -10,23 +10,16 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-pub const PG_DEFAULT: &str = "postgres://postgres@127.0.0.1:5432/test";
-pub const MYSQL_DEFAULT: &str = "mysql://root@127.0.0.1:3306/test";
-pub const PGBOUNCER_DEFAULT: &str = "postgres://postgres@127.0.0.1:26432/test";
+pub use database_locks::BackendKind as Kind;
+pub use database_locks_testkit::{
+    env_url, unique_number, MYSQL_DEFAULT, PGBOUNCER_DEFAULT, PG_DEFAULT,
+};
 
 /// Long enough for anything a test waits for on a slow, shared machine; only reached
 /// when something hangs.
 pub const PATIENCE: Duration = Duration::from_secs(90);
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
-    Sqlite,
-    Postgres,
-    Mysql,
-}
 
 /// A database for one test, and a scratch directory for its files.
 pub struct Db {
@@ -199,46 +192,8 @@ impl Db {
     }
 
     pub fn try_exec(&self, sql: &str) -> Result<usize, String> {
-        use diesel::{Connection, RunQueryDsl};
-        match self.kind {
-            #[cfg(feature = "sqlite")]
-            Kind::Sqlite => {
-                let mut c =
-                    diesel::SqliteConnection::establish(&self.url).map_err(|e| e.to_string())?;
-                diesel::sql_query("PRAGMA busy_timeout = 5000")
-                    .execute(&mut c)
-                    .map_err(|e| e.to_string())?;
-                diesel::sql_query(sql)
-                    .execute(&mut c)
-                    .map_err(|e| e.to_string())
-            }
-            #[cfg(feature = "postgres")]
-            Kind::Postgres => {
-                let mut c =
-                    diesel::PgConnection::establish(&self.url).map_err(|e| e.to_string())?;
-                diesel::sql_query(sql)
-                    .execute(&mut c)
-                    .map_err(|e| e.to_string())
-            }
-            #[cfg(feature = "mysql")]
-            Kind::Mysql => {
-                let mut c =
-                    diesel::MysqlConnection::establish(&self.url).map_err(|e| e.to_string())?;
-                diesel::sql_query(sql)
-                    .execute(&mut c)
-                    .map_err(|e| e.to_string())
-            }
-            #[allow(unreachable_patterns)]
-            other => panic!("backend {other:?} is not compiled in"),
-        }
+        database_locks_testkit::try_exec(self.kind, &self.url, sql)
     }
-}
-
-fn env_url(var: &str, default: &str) -> String {
-    std::env::var(var)
-        .ok()
-        .filter(|v| !v.is_empty())
-        .unwrap_or_else(|| default.to_owned())
 }
 
 /// A finished run of the tool.
@@ -428,49 +383,9 @@ pub fn process_ended(pid: i32) -> bool {
     }
 }
 
-fn unique_number() -> u32 {
-    static N: AtomicU32 = AtomicU32::new(0);
-    N.fetch_add(1, Ordering::Relaxed)
-}
-
 /// A lock name no other test or run uses (the server tables are shared).
 pub fn unique_name(test: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or_default();
-    format!(
-        "cli.{test}.{}.{nanos}.{}",
-        std::process::id(),
-        unique_number()
-    )
-}
-
-/// Instantiates each listed `fn(&Db)` once per compiled-in backend; with `pgbouncer;`
-/// first, a second time on PostgreSQL through PgBouncer in transaction mode.
-#[macro_export]
-macro_rules! on_each_backend {
-    (pgbouncer; $($test:ident),* $(,)?) => {
-        $crate::on_each_backend!($($test),*);
-        #[cfg(feature = "postgres")]
-        mod pgbouncer {
-            $( #[test] fn $test() { super::$test(&$crate::common::Db::pgbouncer()) } )*
-        }
-    };
-    ($($test:ident),* $(,)?) => {
-        #[cfg(feature = "sqlite")]
-        mod sqlite {
-            $( #[test] fn $test() { super::$test(&$crate::common::Db::sqlite()) } )*
-        }
-        #[cfg(feature = "postgres")]
-        mod postgres {
-            $( #[test] fn $test() { super::$test(&$crate::common::Db::postgres()) } )*
-        }
-        #[cfg(feature = "mysql")]
-        mod mysql {
-            $( #[test] fn $test() { super::$test(&$crate::common::Db::mysql()) } )*
-        }
-    };
+    database_locks_testkit::unique_name("cli", test)
 }
 
 /// A pseudo-terminal, for what the tool does only on a terminal.

@@ -1,0 +1,117 @@
+//! Test support shared by the workspace's test suites (`tests/` and
+//! `database-locks-cli/tests/`): where the test databases are, raw SQL on them, and
+//! [`on_each_backend!`]. Each suite's own `common` module builds its `Db` on these. Never
+//! published.
+//!
+//! A database that cannot be reached is an error the caller turns into a failed test that
+//! names the URL: nothing is skipped.
+
+use database_locks::BackendKind;
+
+/// PostgreSQL on this machine (trust auth): `PG_DATABASE_URL` overrides it.
+pub const PG_DEFAULT: &str = "postgres://postgres@127.0.0.1:5432/test";
+
+/// MariaDB on this machine: `MYSQL_DATABASE_URL` overrides it.
+pub const MYSQL_DEFAULT: &str = "mysql://root@127.0.0.1:3306/test";
+
+/// PostgreSQL through PgBouncer in transaction mode (`scripts/pgbouncer start`):
+/// `PGBOUNCER_DATABASE_URL` overrides it.
+pub const PGBOUNCER_DEFAULT: &str = "postgres://postgres@127.0.0.1:26432/test";
+
+/// The URL in `var`, or `default` when it is unset or empty.
+pub fn env_url(var: &str, default: &str) -> String {
+    std::env::var(var)
+        .ok()
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| default.to_owned())
+}
+
+/// A number no other call in this process returns.
+pub fn unique_number() -> u32 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    N.fetch_add(1, Ordering::Relaxed)
+}
+
+/// A lock name no other test or run uses (the server tables are shared):
+/// `{suite}.{test}.{pid}.{nanos}.{n}`.
+pub fn unique_name(suite: &str, test: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or_default();
+    format!(
+        "{suite}.{test}.{}.{nanos}.{}",
+        std::process::id(),
+        unique_number()
+    )
+}
+
+/// Runs raw SQL on a fresh connection to `url`; returns the rows affected.
+///
+/// # Panics
+///
+/// When `kind`'s backend is not compiled in (its feature is off).
+pub fn try_exec(kind: BackendKind, url: &str, sql: &str) -> Result<usize, String> {
+    #[allow(unused_imports)]
+    use diesel::{Connection, RunQueryDsl};
+    match kind {
+        #[cfg(feature = "sqlite")]
+        BackendKind::Sqlite => {
+            let mut c = diesel::SqliteConnection::establish(url).map_err(|e| e.to_string())?;
+            diesel::sql_query("PRAGMA busy_timeout = 5000")
+                .execute(&mut c)
+                .map_err(|e| e.to_string())?;
+            diesel::sql_query(sql)
+                .execute(&mut c)
+                .map_err(|e| e.to_string())
+        }
+        #[cfg(feature = "postgres")]
+        BackendKind::Postgres => {
+            let mut c = diesel::PgConnection::establish(url).map_err(|e| e.to_string())?;
+            diesel::sql_query(sql)
+                .execute(&mut c)
+                .map_err(|e| e.to_string())
+        }
+        #[cfg(feature = "mysql")]
+        BackendKind::Mysql => {
+            let mut c = diesel::MysqlConnection::establish(url).map_err(|e| e.to_string())?;
+            diesel::sql_query(sql)
+                .execute(&mut c)
+                .map_err(|e| e.to_string())
+        }
+        #[allow(unreachable_patterns)]
+        other => panic!("backend {other:?} is not compiled in"),
+    }
+}
+
+/// Instantiates each listed `fn(&Db)` once per compiled-in backend, with `Db` the calling
+/// test crate's `crate::common::Db` (its `sqlite()`, `postgres()` and `mysql()`); with
+/// `pgbouncer;` first, a second time on PostgreSQL through PgBouncer in transaction mode
+/// (`Db::pgbouncer()`). The features are the calling crate's.
+// `crate::common::Db` is meant to be the calling crate's own `Db`.
+#[allow(clippy::crate_in_macro_def)]
+#[macro_export]
+macro_rules! on_each_backend {
+    (pgbouncer; $($test:ident),* $(,)?) => {
+        $crate::on_each_backend!($($test),*);
+        #[cfg(feature = "postgres")]
+        mod pgbouncer {
+            $( #[test] fn $test() { super::$test(&crate::common::Db::pgbouncer()) } )*
+        }
+    };
+    ($($test:ident),* $(,)?) => {
+        #[cfg(feature = "sqlite")]
+        mod sqlite {
+            $( #[test] fn $test() { super::$test(&crate::common::Db::sqlite()) } )*
+        }
+        #[cfg(feature = "postgres")]
+        mod postgres {
+            $( #[test] fn $test() { super::$test(&crate::common::Db::postgres()) } )*
+        }
+        #[cfg(feature = "mysql")]
+        mod mysql {
+            $( #[test] fn $test() { super::$test(&crate::common::Db::mysql()) } )*
+        }
+    };
+}
