@@ -519,6 +519,19 @@ fn run(target: &Target, plan: &Plan) -> Res<()> {
 }
 
 /// (1) and (2): one thread, acquire+release, against the floor and the reference.
+/// One uncontended cycle on `name` per call: acquire, then release.
+fn acquire_release(locks: &Locks, name: &'static str, renew: bool) -> impl FnMut() -> Res<()> {
+    let locks = locks.clone();
+    move || {
+        let guard = locks
+            .lock(name)
+            .auto_renew(renew)
+            .acquire()
+            .map_err(|e| e.to_string())?;
+        guard.release().map_err(|e| e.to_string())
+    }
+}
+
 fn uncontended(
     target: &Target,
     plan: &Plan,
@@ -526,17 +539,7 @@ fn uncontended(
     locks: &Locks,
     table: &mut Table,
 ) -> Res<()> {
-    let cycle = |renew: bool| {
-        let locks = locks.clone();
-        move || -> Res<()> {
-            let guard = locks
-                .lock("bench.uncontended")
-                .auto_renew(renew)
-                .acquire()
-                .map_err(|e| e.to_string())?;
-            guard.release().map_err(|e| e.to_string())
-        }
-    };
+    let cycle = |renew: bool| acquire_release(locks, "bench.uncontended", renew);
     // Warm up: connections, prepared statements, the renewal thread.
     rate(Duration::from_millis(200), cycle(true))?;
     rate(Duration::from_millis(200), || raw.floor_pair())?;
@@ -625,17 +628,7 @@ fn pooling(target: &Target, plan: &Plan, raw: &mut Raw, table: &mut Table) -> Re
         .unwrap_or_else(|| "postgres://postgres@127.0.0.1:26432/test".to_owned());
     let bouncer = Locks::new(Config::new(bouncer_url.clone()).transaction_pooling(true))
         .map_err(|e| e.to_string())?;
-    let cycle = |locks: &Locks| {
-        let locks = locks.clone();
-        move || -> Res<()> {
-            let guard = locks
-                .lock("bench.pooling")
-                .auto_renew(false)
-                .acquire()
-                .map_err(|e| e.to_string())?;
-            guard.release().map_err(|e| e.to_string())
-        }
-    };
+    let cycle = |locks: &Locks| acquire_release(locks, "bench.pooling", false);
     rate(Duration::from_millis(200), cycle(&unnamed))?;
     let reachable = match rate(Duration::from_millis(200), cycle(&bouncer)) {
         Ok(_) => true,

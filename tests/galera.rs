@@ -12,7 +12,7 @@
 mod common;
 
 use std::net::{Shutdown, TcpListener, TcpStream};
-use std::process::Command;
+use std::process::{Child, Command};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Barrier, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
@@ -705,6 +705,44 @@ impl Drop for Restore {
     }
 }
 
+/// A `lock-helper watch` process holding `name` through `url` (`[ttl, renew, hold]` in
+/// seconds), once `observer` (another node) sees its row. Returns the process, its lines
+/// and its fencing token.
+fn watching_holder(
+    url: &str,
+    name: &str,
+    [ttl, renew, hold]: [&str; 3],
+    observer: &Locks,
+) -> (Child, mpsc::Receiver<String>, i64) {
+    let mut child = helper(&["watch", url, name, ttl, renew, hold])
+        .spawn()
+        .unwrap();
+    let rx = lines(child.stdout.take().unwrap());
+    let acquired = expect_line(&rx, "acquired", Duration::from_secs(30));
+    let token: i64 = acquired["acquired ".len()..].parse().unwrap();
+    assert!(
+        eventually(Duration::from_secs(10), || observer
+            .inspect(name)
+            .unwrap()
+            .is_some_and(|r| r.token == token)),
+        "the observing node has the holder's row"
+    );
+    (child, rx, token)
+}
+
+/// Shuts `node` down (SQL `SHUTDOWN`) and waits until it no longer answers.
+fn shut_down(node: &Db) {
+    // SHUTDOWN answers before the server goes away, or the connection drops first.
+    let _ = node.try_exec("SHUTDOWN");
+    assert!(
+        eventually(Duration::from_secs(120), || node
+            .try_exec("SELECT 1")
+            .is_err()),
+        "{} still answers after SHUTDOWN",
+        node.url
+    );
+}
+
 /// The node a holder renews through is shut down while it holds the lock (its URL names
 /// that one node). Renewal fails, and the holder reports the loss while the lease still
 /// runs by the other nodes' clock; once it ends, a process on another node takes the
@@ -714,31 +752,11 @@ fn a_holder_whose_node_stops_reports_the_loss_before_its_lease_ends() {
     let cluster = cluster();
     let (node1, node2, node3) = (&cluster.nodes[0], &cluster.nodes[1], &cluster.nodes[2]);
     let name = unique_name("galera-node-down");
-    let mut child = helper(&["watch", &node3.url, &name, "4", "2", "120"])
-        .spawn()
-        .unwrap();
-    let rx = lines(child.stdout.take().unwrap());
-    let acquired = expect_line(&rx, "acquired", Duration::from_secs(30));
-    let token: i64 = acquired["acquired ".len()..].parse().unwrap();
     let observer = node1.locks();
-    assert!(
-        eventually(Duration::from_secs(10), || observer
-            .inspect(&name)
-            .unwrap()
-            .is_some_and(|r| r.token == token)),
-        "node 1 has the holder's row"
-    );
+    let (mut child, rx, token) = watching_holder(&node3.url, &name, ["4", "2", "120"], &observer);
     let mut restore = Restore { done: false };
     let stopped = Instant::now();
-    // SHUTDOWN answers before the server goes away, or the connection drops first.
-    let _ = node3.try_exec("SHUTDOWN");
-    assert!(
-        eventually(Duration::from_secs(120), || node3
-            .try_exec("SELECT 1")
-            .is_err()),
-        "{} still answers after SHUTDOWN",
-        node3.url
-    );
+    shut_down(node3);
     let lost = expect_line(&rx, "lost", Duration::from_secs(30));
     let reported = stopped.elapsed();
     let row = observer.inspect(&name).unwrap().unwrap();
@@ -833,29 +851,10 @@ fn a_holder_behind_a_failover_proxy_keeps_its_lock_when_its_node_stops() {
         .replace(&format!(":{}/", port_of(&node3.url)), &format!(":{proxy}/"));
     let name = unique_name("galera-failover");
     // Renewal every 3 s; 10 s held, so renewals run both before and after the failover.
-    let mut child = helper(&["watch", &url, &name, "6", "3", "10"])
-        .spawn()
-        .unwrap();
-    let rx = lines(child.stdout.take().unwrap());
-    let acquired = expect_line(&rx, "acquired", Duration::from_secs(30));
-    let token: i64 = acquired["acquired ".len()..].parse().unwrap();
     let observer = node1.locks();
-    assert!(
-        eventually(Duration::from_secs(10), || observer
-            .inspect(&name)
-            .unwrap()
-            .is_some_and(|r| r.token == token)),
-        "node 1 has the holder's row"
-    );
+    let (mut child, rx, _) = watching_holder(&url, &name, ["6", "3", "10"], &observer);
     let mut restore = Restore { done: false };
-    let _ = node3.try_exec("SHUTDOWN");
-    assert!(
-        eventually(Duration::from_secs(120), || node3
-            .try_exec("SELECT 1")
-            .is_err()),
-        "{} still answers after SHUTDOWN",
-        node3.url
-    );
+    shut_down(node3);
     let left_at_stop = observer
         .inspect(&name)
         .unwrap()

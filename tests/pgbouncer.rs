@@ -36,50 +36,53 @@ struct Count {
     n: i64,
 }
 
-/// Runs `sql` (one `bigint` column `n`) on every server connection PgBouncer has for the
-/// database: one client per server, each inside a transaction, so that each is pinned to
-/// a server of its own while the others ask. Returns one count per server.
-fn on_every_server(db: &Db, sql: &str) -> Vec<i64> {
+/// Runs `f` on every server connection PgBouncer has for the database: one client per
+/// server, each inside a transaction, so that each is pinned to a server of its own
+/// (checked) while `f` runs on it. Returns what `f` returned, per server.
+fn on_every_server<T>(db: &Db, mut f: impl FnMut(&mut PgConnection) -> T) -> Vec<T> {
     let mut clients: Vec<PgConnection> = (0..SERVERS)
         .map(|_| PgConnection::establish(&db.url).expect("a client of PgBouncer"))
         .collect();
-    let mut counts = Vec::new();
-    for client in &mut clients {
-        client.batch_execute("BEGIN").expect("BEGIN");
-        let rows: Vec<Count> = diesel::sql_query(sql).load(client).expect(sql);
-        counts.push(rows.first().map_or(0, |c| c.n));
-    }
-    let pids: Vec<Count> = clients
+    let mut pids: Vec<i64> = clients
         .iter_mut()
-        .map(|c| {
-            diesel::sql_query("SELECT CAST(pg_backend_pid() AS bigint) AS n")
-                .load::<Count>(c)
-                .expect("pid")
-                .remove(0)
+        .map(|client| {
+            client.batch_execute("BEGIN").expect("BEGIN");
+            count(client, "SELECT CAST(pg_backend_pid() AS bigint) AS n")
         })
         .collect();
-    let mut distinct: Vec<i64> = pids.iter().map(|p| p.n).collect();
-    distinct.sort_unstable();
-    distinct.dedup();
+    pids.sort_unstable();
+    pids.dedup();
     assert_eq!(
-        distinct.len(),
+        pids.len(),
         SERVERS,
         "each client must be pinned to its own server"
     );
+    let results = clients.iter_mut().map(&mut f).collect();
     for client in &mut clients {
         client.batch_execute("COMMIT").expect("COMMIT");
     }
-    counts
+    results
+}
+
+/// The `bigint` column `n` of the first row of `sql`.
+fn count(client: &mut PgConnection, sql: &str) -> i64 {
+    let rows: Vec<Count> = diesel::sql_query(sql).load(client).expect(sql);
+    rows.first().map_or(0, |c| c.n)
 }
 
 /// Named statements and `LISTEN` registrations left on PgBouncer's server connections.
 fn session_state(db: &Db) -> (Vec<i64>, Vec<i64>) {
-    let prepared = on_every_server(
-        db,
-        "SELECT COUNT(*) AS n FROM pg_prepared_statements WHERE name LIKE '\\_\\_diesel\\_stmt\\_%'",
-    );
-    let listening = on_every_server(db, "SELECT COUNT(*) AS n FROM pg_listening_channels()");
-    (prepared, listening)
+    on_every_server(db, |client| {
+        (
+            count(
+                client,
+                "SELECT COUNT(*) AS n FROM pg_prepared_statements WHERE name LIKE '\\_\\_diesel\\_stmt\\_%'",
+            ),
+            count(client, "SELECT COUNT(*) AS n FROM pg_listening_channels()"),
+        )
+    })
+    .into_iter()
+    .unzip()
 }
 
 /// Processes through PgBouncer exclude each other: 8 processes x 100 sections, exact
@@ -309,17 +312,12 @@ fn wait_behind(holder: &Locks, waiting: &Locks, seen: impl Fn(&Locks) -> bool) -
 /// fallback test, which leaves a `LISTEN` on purpose, or by an earlier run of anything
 /// that prepared statements through PgBouncer).
 fn clear_session_state(db: &Db) {
-    let mut clients: Vec<PgConnection> = (0..SERVERS)
-        .map(|_| PgConnection::establish(&db.url).expect("a client of PgBouncer"))
-        .collect();
-    for client in &mut clients {
+    // Inside the pinning transaction: DEALLOCATE acts at once, UNLISTEN at the commit.
+    on_every_server(db, |client| {
         client
-            .batch_execute("BEGIN; UNLISTEN *; DEALLOCATE ALL")
-            .expect("UNLISTEN, DEALLOCATE");
-    }
-    for client in &mut clients {
-        client.batch_execute("COMMIT").expect("COMMIT");
-    }
+            .batch_execute("UNLISTEN *; DEALLOCATE ALL")
+            .expect("UNLISTEN, DEALLOCATE")
+    });
 }
 
 // Log capture: a minimal global `tracing` subscriber that keeps every event's message.

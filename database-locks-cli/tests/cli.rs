@@ -122,21 +122,27 @@ fn sigterm_releases_the_lock_and_ends_the_command(db: &Db) {
     assert!(status.stdout.contains("released"), "{status:#?}");
 }
 
-/// A tool still waiting for the lock stops waiting on SIGTERM; its command never runs.
-fn sigterm_while_waiting_gives_up(db: &Db) {
-    let name = unique_name("wait-term");
-    let holder = db.spawn(&["hold", &name, "--duration", "600"]);
-    db.wait_held(&name);
-    let marker = db.path("ran");
+/// `run NAME -- sh -c SCRIPT` started while `name` is held elsewhere, once its status file
+/// shows that it waits (`1`).
+fn waiting_run(db: &Db, name: &str, script: &str) -> Running {
     let status_file = db.path("waiter.status");
-    let touch = format!("touch '{}'", marker.display());
-    let waiter = db.spawn_with(&["run", &name, "--", "sh", "-c", &touch], |cmd| {
+    let waiter = db.spawn_with(&["run", name, "--", "sh", "-c", script], |cmd| {
         cmd.env("DATABASE_LOCKS_STATUS_FILE", &status_file);
     });
     assert!(
         eventually(|| std::fs::read_to_string(&status_file).is_ok_and(|s| s.trim() == "1")),
         "the waiter never started waiting"
     );
+    waiter
+}
+
+/// A tool still waiting for the lock stops waiting on SIGTERM; its command never runs.
+fn sigterm_while_waiting_gives_up(db: &Db) {
+    let name = unique_name("wait-term");
+    let holder = db.spawn(&["hold", &name, "--duration", "600"]);
+    db.wait_held(&name);
+    let marker = db.path("ran");
+    let waiter = waiting_run(db, &name, &format!("touch '{}'", marker.display()));
     waiter.signal(libc::SIGTERM);
     let done = waiter.finish().expect(SIGTERM_STATUS);
     assert!(done.stderr.contains("SIGTERM"), "{done:#?}");
@@ -281,15 +287,7 @@ fn force_release_lets_a_waiter_in(db: &Db) {
     let holder = db.spawn(&["hold", &name, "--ttl", "none", "--duration", "600"]);
     db.wait_held(&name);
     let marker = db.path("in");
-    let status_file = db.path("waiter.status");
-    let script = format!("echo in > '{}'", marker.display());
-    let waiter = db.spawn_with(&["run", &name, "--", "sh", "-c", &script], |cmd| {
-        cmd.env("DATABASE_LOCKS_STATUS_FILE", &status_file);
-    });
-    assert!(
-        eventually(|| std::fs::read_to_string(&status_file).is_ok_and(|s| s.trim() == "1")),
-        "the waiter never started waiting"
-    );
+    let waiter = waiting_run(db, &name, &format!("echo in > '{}'", marker.display()));
     assert!(!marker.exists());
 
     let released = db.run(&["release", &name, "--force"]).expect(0);

@@ -143,7 +143,7 @@ where
     }
 
     fn checkout(&self) -> Result<PooledConnection<M>, OpError> {
-        let pooled = self.pool.get().map_err(|e| {
+        let mut pooled = self.pool.get().map_err(|e| {
             let message = e.to_string();
             let failure = if self.connected.load(Ordering::Relaxed) && !rejected(&message) {
                 Failure::Transient
@@ -159,7 +159,6 @@ where
             }
         })?;
         self.connected.store(true, Ordering::Relaxed);
-        let mut pooled = pooled;
         if !self.prepared_statements {
             // At every checkout, not once per connection: the pool may be the
             // application's own. Setting it again costs nothing.
