@@ -850,11 +850,18 @@ fn a_holder_behind_a_failover_proxy_keeps_its_lock_when_its_node_stops() {
         .url
         .replace(&format!(":{}/", port_of(&node3.url)), &format!(":{proxy}/"));
     let name = unique_name("galera-failover");
-    // Renewal every 3 s; 10 s held, so renewals run both before and after the failover.
+    // Renewal every 3 s; 20 s held, so renewals run both before and after the failover
+    // even when the node takes several seconds to shut down on a loaded machine (with 10 s,
+    // the holder once released before the renewal through node 1 was seen).
     let observer = node1.locks();
-    let (mut child, rx, _) = watching_holder(&url, &name, ["6", "3", "10"], &observer);
+    let (mut child, rx, _) = watching_holder(&url, &name, ["6", "3", "20"], &observer);
     let mut restore = Restore { done: false };
+    let stopping = Instant::now();
     shut_down(node3);
+    println!(
+        "failover [Galera]: node 3 stopped answering {:.1} s after SHUTDOWN",
+        stopping.elapsed().as_secs_f64()
+    );
     let left_at_stop = observer
         .inspect(&name)
         .unwrap()
