@@ -120,7 +120,9 @@ impl LockBuilder {
     }
 
     /// How long before the lease ends it is renewed: renewal runs every
-    /// `lock_ttl - lock_ttl_renew`.
+    /// `lock_ttl - lock_ttl_renew`. It must be shorter than `lock_ttl`. Unset, it is the
+    /// handle's default (`DATABASE_LOCKS_DEFAULT_TTL_RENEW`, 2 s) but at most half of
+    /// `lock_ttl`, so a 1 s lease renews every 500 ms.
     pub fn lock_ttl_renew(mut self, margin: Duration) -> Self {
         self.lock_ttl_renew = Some(margin);
         self
@@ -173,7 +175,9 @@ impl LockBuilder {
         let locks = self.handle?;
         let settings = locks.settings();
         let ttl = self.lock_ttl.unwrap_or(settings.default_ttl);
-        let ttl_renew = self.lock_ttl_renew.unwrap_or(settings.default_ttl_renew);
+        let ttl_renew = self
+            .lock_ttl_renew
+            .unwrap_or_else(|| default_margin(settings.default_ttl_renew, ttl));
         validate_name(&self.name)?;
         if let Some(owner) = &self.locked_by {
             validate_owner(owner)?;
@@ -315,6 +319,16 @@ impl LockBuilder {
 /// at its state again (it does not poll the database then).
 const IDLE_CHECK: Duration = Duration::from_secs(3600);
 
+/// The renewal margin of a lock that does not set `lock_ttl_renew`: the handle's default
+/// (2 s unless configured), but at most half the lease, so that a short lease (`--ttl 1`)
+/// is renewed twice per ttl instead of being refused.
+pub(crate) fn default_margin(default: Duration, ttl: Option<Duration>) -> Duration {
+    match ttl {
+        Some(ttl) => default.min(ttl / 2),
+        None => default,
+    }
+}
+
 pub(crate) fn validate_name(name: &str) -> Result<()> {
     let chars = name.chars().count();
     if chars == 0 {
@@ -388,4 +402,26 @@ fn validate_ttl(ttl: Option<Duration>, auto_renew: bool, ttl_renew: Duration) ->
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SEC: Duration = Duration::from_secs(1);
+
+    #[test]
+    fn the_default_margin_is_at_most_half_the_lease() {
+        assert_eq!(default_margin(2 * SEC, Some(10 * SEC)), 2 * SEC);
+        assert_eq!(default_margin(2 * SEC, Some(4 * SEC)), 2 * SEC);
+        assert_eq!(default_margin(2 * SEC, Some(3 * SEC)), SEC * 3 / 2);
+        assert_eq!(default_margin(2 * SEC, Some(SEC)), SEC / 2);
+        assert_eq!(default_margin(2 * SEC, None), 2 * SEC);
+        // What the scaled default gives always passes validation; an explicit one may not.
+        for ttl in [SEC / 10, SEC, 3 * SEC, 10 * SEC] {
+            let margin = default_margin(2 * SEC, Some(ttl));
+            assert!(validate_ttl(Some(ttl), true, margin).is_ok(), "{ttl:?}");
+        }
+        assert!(validate_ttl(Some(SEC), true, 2 * SEC).is_err());
+    }
 }

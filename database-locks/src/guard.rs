@@ -115,6 +115,7 @@ impl LockGuard {
             Ok(())
         } else {
             lease.declare_lost(
+                crate::renewer::LossCause::Taken,
                 "a manual renewal found another owner or token, or an expired lease".into(),
             );
             Err(self.lost_error(lease))

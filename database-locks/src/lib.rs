@@ -57,7 +57,7 @@ pub use database_locks_macros::locked;
 pub use error::{Error, Result};
 pub use guard::LockGuard;
 pub use locks::{configure, global, lock, set_global, Locks};
-pub use renewer::{LostLock, LOST_LOCK_EXIT_CODE};
+pub use renewer::{LossCause, LostLock, LOST_LOCK_EXIT_CODE};
 
 // What `#[locked]` expands to; exempt from semver.
 #[doc(hidden)]

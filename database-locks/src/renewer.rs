@@ -30,8 +30,30 @@ pub struct LostLock {
     pub locked_by: String,
     /// The fencing token of the lost acquisition.
     pub token: u64,
-    /// Why it was lost.
+    /// What happened, in words.
     pub reason: String,
+    /// What kind of loss it was.
+    pub cause: LossCause,
+    /// The latest moment at which the lease ends by the database's clock: the send time
+    /// of the last successful renewal (or of the acquisition) plus the ttl. Work that must
+    /// not outlive the lock has to stop before then; with [`LossCause::Taken`] the row
+    /// already belongs to someone else. `None` for a lock without expiry.
+    pub expires_by: Option<Instant>,
+}
+
+/// Why a held lock was lost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum LossCause {
+    /// The lease could not be renewed in time (the database was unreachable or silent):
+    /// it is about to run out, and nobody else has it yet.
+    Expired,
+    /// The row carries another owner or token, or its lease had already ended: it was
+    /// force-released, stolen by an expired-lease takeover, or taken by the same owner id
+    /// again.
+    Taken,
+    /// A renewal failed with an error that waiting cannot fix.
+    Failed,
 }
 
 impl fmt::Display for LostLock {
@@ -161,6 +183,13 @@ impl LeaseState {
         }
     }
 
+    /// When the database's lease ends at the latest (see [`LostLock::expires_by`]).
+    pub(crate) fn expires_by(&self) -> Option<Instant> {
+        let ttl = self.ttl?;
+        self.give_up_at()
+            .map(|at| at + loss_margin(ttl, self.ttl_renew))
+    }
+
     pub(crate) fn is_lost(&self) -> bool {
         self.lost.load(Ordering::SeqCst) || self.give_up_at().is_some_and(|at| Instant::now() >= at)
     }
@@ -181,7 +210,7 @@ impl LeaseState {
     }
 
     /// Marks the lease lost; the first caller runs the callback, on a thread of its own.
-    pub(crate) fn declare_lost(&self, reason: String) {
+    pub(crate) fn declare_lost(&self, cause: LossCause, reason: String) {
         if self.is_finished() || self.lost.swap(true, Ordering::SeqCst) {
             return;
         }
@@ -192,6 +221,8 @@ impl LeaseState {
             locked_by: self.owner.clone(),
             token: u64::try_from(self.token).unwrap_or(0),
             reason,
+            cause,
+            expires_by: self.expires_by(),
         };
         let callback = self.callback.clone();
         let spawned = std::thread::Builder::new()
@@ -402,6 +433,7 @@ fn renew_batch(shared: &Shared, store: &dyn Store, due: &[Arc<LeaseState>]) {
                     // Renewed too late: the holder has already been told it may not
                     // hold the lock. Stop renewing; the guard's release clears the row.
                     lease.declare_lost(
+                        LossCause::Expired,
                         "the lease could not be renewed before it ran out".to_owned(),
                     );
                     continue;
@@ -412,6 +444,7 @@ fn renew_batch(shared: &Shared, store: &dyn Store, due: &[Arc<LeaseState>]) {
                 tracing::trace!(lock = %lease.name, "lease renewed");
             }
             Ok(_) => lease.declare_lost(
+                LossCause::Taken,
                 "the renewal found another owner or token, or an expired lease".to_owned(),
             ),
             Err(err) if err.failure == Failure::Transient => {
@@ -424,7 +457,10 @@ fn renew_batch(shared: &Shared, store: &dyn Store, due: &[Arc<LeaseState>]) {
                 schedule.schedule(Arc::clone(lease), Instant::now() + backoff);
                 tracing::debug!(lock = %lease.name, "renewal failed, retrying: {}", err.error);
             }
-            Err(err) => lease.declare_lost(format!("the renewal failed: {}", err.error)),
+            Err(err) => lease.declare_lost(
+                LossCause::Failed,
+                format!("the renewal failed: {}", err.error),
+            ),
         }
     }
 }
@@ -439,8 +475,10 @@ fn watch_loop(shared: &Shared) {
                 continue;
             }
             match lease.give_up_at() {
-                Some(at) if at <= now => lease
-                    .declare_lost("the lease could not be renewed before it ran out".to_owned()),
+                Some(at) if at <= now => lease.declare_lost(
+                    LossCause::Expired,
+                    "the lease could not be renewed before it ran out".to_owned(),
+                ),
                 Some(at) => next = next.min(at),
                 None => {}
             }
