@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use common::{unique_name, Db};
 use database_locks::{Error, LockGuard, Locks, Result};
-use database_locks_testkit::on_each_backend;
+use database_locks_testkit::{on_each_backend, read_row};
 
 /// A lock held on `locks` for 60 s (no renewal matters within a test).
 fn hold(locks: &Locks, name: &str) -> LockGuard {
@@ -69,6 +69,12 @@ fn handed_over(
     holder.release().expect("the holder releases");
     let (got, at) = outcome(rx, Duration::from_secs(10), what);
     let guard = got.unwrap_or_else(|e| panic!("{what}: {e}"));
+    let row = read_row(db.kind, &db.url, guard.name())
+        .unwrap_or_else(|e| panic!("reading the row on {}: {e}", db.url))
+        .expect("the row");
+    assert!(row.is_held(), "{row:?}");
+    assert_eq!(row.locked_by.as_deref(), guard.locked_by(), "{row:?}");
+    assert_eq!(Some(row.token as u64), guard.token(), "{row:?}");
     println!(
         "{what} [{:?}]: acquired {:.1} ms after the release",
         db.kind,

@@ -160,8 +160,11 @@ fn take(locks: &Locks, name: &str, losses: &Losses, db: &Db) -> (LockGuard, Dura
 /// token, with an `expires_at` later than the one right after each was taken.
 fn stale_connections_do_not_stop_renewals(db: &Db) {
     let proxy = proxy_for(db);
+    // Two connections at most: an abandoned connection must give its place back.
     let locks = proxied(db, &proxy, |c| {
-        statement_timeout(c, DEADLINE).connect_timeout(Duration::from_secs(2))
+        statement_timeout(c, DEADLINE)
+            .connect_timeout(Duration::from_secs(2))
+            .pool_max_size(2)
     });
     let losses = Losses::default();
     let (name_a, name_c) = (unique_name("stale.a"), unique_name("stale.c"));
@@ -191,7 +194,7 @@ fn stale_connections_do_not_stop_renewals(db: &Db) {
     let c_last = row(db, &name_c);
     let lost = losses.taken();
     println!(
-        "stale [{:?}]: {open} connection(s) black-holed; first statement into the hole after {:.0} ms; \
+        "stale [{:?}]: {open} connection(s) open when black-holed; first statement into the hole after {:.0} ms; \
          C taken in {:.0} ms over {} new connection(s); A expires_at moved {:+.0} ms, C {:+.0} ms; \
          losses: {}",
         db.kind,
@@ -313,15 +316,20 @@ fn blackhole_reports_loss_before_the_lease_ends(db: &Db) {
 }
 
 /// Takes a lock through the proxy with a 30 s lease (no renewal is due during the test) and
-/// the short deadlines, then black-holes everything. Returns the guard, its first row.
+/// the short deadlines, then black-holes everything. Returns the handle, the guard and the
+/// row right after acquiring.
 fn held_then_blackholed(
     db: &Db,
     proxy: &FaultProxy,
     name: &str,
     losses: &Losses,
 ) -> (Locks, LockGuard, RawRow) {
+    // Two connections at most: the background release must not wait for a slot that an
+    // abandoned connection still holds.
     let locks = proxied(db, proxy, |c| {
-        statement_timeout(c, DEADLINE).connect_timeout(DEADLINE)
+        statement_timeout(c, DEADLINE)
+            .connect_timeout(DEADLINE)
+            .pool_max_size(2)
     });
     let builder = locks
         .lock(name)
