@@ -315,6 +315,66 @@ fn blackhole_reports_loss_before_the_lease_ends(db: &Db) {
     drop(waiter_guard);
 }
 
+/// (b, continued) Once the network is back, the same handle takes a new lock and keeps
+/// it: nothing of the handle (its renewal thread, its pool) is left stuck in the black hole.
+fn renewals_resume_after_a_black_hole(db: &Db) {
+    let proxy = proxy_for(db);
+    let locks = proxied(db, &proxy, |c| {
+        statement_timeout(c, DEADLINE)
+            .connect_timeout(Duration::from_secs(2))
+            .pool_max_size(2)
+    });
+    let losses = Losses::default();
+    let (name_a, name_b) = (unique_name("resume.a"), unique_name("resume.b"));
+    let (a, _) = take(&locks, &name_a, &losses, db);
+    proxy.blackhole_all();
+    let _heal = Heal(&proxy);
+    let reported = common::eventually(TTL + Duration::from_secs(5), || !losses.is_empty());
+    assert!(reported, "A: no loss reported in the black hole");
+    let lost_a = losses.taken();
+    proxy.pass();
+    let (b, took_b) = take(&locks, &name_b, &losses, db);
+    let b_taken = Instant::now();
+    let b_first = row(db, &name_b);
+    let hold_until = b_taken + 3 * PERIOD + Duration::from_millis(500);
+    std::thread::sleep(hold_until.saturating_duration_since(Instant::now()));
+    let b_last = row(db, &name_b);
+    let lost = losses.taken();
+    println!(
+        "resume [{:?}]: A lost in the black hole ({}); after pass() B taken in {:.0} ms; B \
+         expires_at moved {:+.0} ms over {:.1} s; losses of B: {}",
+        db.kind,
+        lost_a[0].reason,
+        ms(took_b),
+        ms_between(
+            b_last.expires_at_us.unwrap_or(0),
+            b_first.expires_at_us.unwrap_or(0)
+        ),
+        (hold_until - b_taken).as_secs_f64(),
+        lost.iter()
+            .map(|l| format!(
+                "{:.0} ms after B was taken ({})",
+                ms(l.at.saturating_duration_since(b_taken)),
+                l.reason
+            ))
+            .collect::<Vec<_>>()
+            .join("; ")
+    );
+    assert!(lost.is_empty(), "reported lost: {lost:?}");
+    assert!(!b.is_lost());
+    assert!(a.is_lost());
+    assert_eq!(b_last.locked_by.as_deref(), b.locked_by());
+    assert_eq!(Some(b_last.token as u64), b.token());
+    assert!(
+        b_last.is_held(),
+        "B not held by the database's clock: {b_last:?}"
+    );
+    assert!(
+        b_last.expires_at_us > b_first.expires_at_us,
+        "B never renewed: {b_last:?}, right after acquiring {b_first:?}"
+    );
+}
+
 /// Takes a lock through the proxy with a 30 s lease (no renewal is due during the test) and
 /// the short deadlines, then black-holes everything. Returns the handle, the guard and the
 /// row right after acquiring.
@@ -578,6 +638,7 @@ macro_rules! on_each_server {
 on_each_server!(
     stale_connections_do_not_stop_renewals,
     blackhole_reports_loss_before_the_lease_ends,
+    renewals_resume_after_a_black_hole,
     drop_returns_on_a_blackholed_network,
     release_fails_fast_on_a_blackholed_network,
     acquire_deadline_holds_on_a_blackholed_network,
