@@ -8,6 +8,10 @@
 
 use database_locks::BackendKind;
 
+mod proxy;
+
+pub use proxy::{host_port, FaultProxy};
+
 /// PostgreSQL on this machine (trust auth): `PG_DATABASE_URL` overrides it.
 pub const PG_DEFAULT: &str = "postgres://postgres@127.0.0.1:5432/test";
 
@@ -83,6 +87,103 @@ pub fn try_exec(kind: BackendKind, url: &str, sql: &str) -> Result<usize, String
         #[allow(unreachable_patterns)]
         other => panic!("backend {other:?} is not compiled in"),
     }
+}
+
+/// A lock's row as the database stores it, with the database's clock: absolute times, in
+/// microseconds since the Unix epoch, so that two readings compare without the delay
+/// between them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawRow {
+    /// `locked_by`.
+    pub locked_by: Option<String>,
+    /// The fencing token.
+    pub token: i64,
+    /// `expires_at`; `None` when released.
+    pub expires_at_us: Option<i64>,
+    /// The database's clock when it read the row.
+    pub now_us: i64,
+}
+
+impl RawRow {
+    /// Whether the lease is live by the database's clock when it was read.
+    pub fn is_held(&self) -> bool {
+        self.expires_at_us.is_some_and(|at| at >= self.now_us)
+    }
+}
+
+/// Reads `name`'s row on a fresh connection to `url` (not through any handle's pool).
+///
+/// # Panics
+///
+/// When `kind`'s backend is not compiled in (its feature is off).
+pub fn read_row(kind: BackendKind, url: &str, name: &str) -> Result<Option<RawRow>, String> {
+    #[allow(unused_imports)]
+    use diesel::{sql_types, Connection, OptionalExtension, QueryableByName, RunQueryDsl};
+    #[derive(QueryableByName)]
+    #[allow(dead_code)]
+    struct Row {
+        #[diesel(sql_type = sql_types::Nullable<sql_types::Text>)]
+        locked_by: Option<String>,
+        #[diesel(sql_type = sql_types::BigInt)]
+        token: i64,
+        #[diesel(sql_type = sql_types::Nullable<sql_types::BigInt>)]
+        expires_at_us: Option<i64>,
+        #[diesel(sql_type = sql_types::BigInt)]
+        now_us: i64,
+    }
+    #[allow(unreachable_code)]
+    let row: Option<Row> = match kind {
+        #[cfg(feature = "sqlite")]
+        BackendKind::Sqlite => {
+            let mut c = diesel::SqliteConnection::establish(url).map_err(|e| e.to_string())?;
+            diesel::sql_query(
+                "SELECT locked_by, token, \
+                 CAST((julianday(expires_at) - 2440587.5) * 86400000000 AS integer) AS expires_at_us, \
+                 CAST((julianday('now') - 2440587.5) * 86400000000 AS integer) AS now_us \
+                 FROM database_locks_lock WHERE name = ?",
+            )
+            .bind::<sql_types::Text, _>(name)
+            .get_result(&mut c)
+            .optional()
+            .map_err(|e| e.to_string())?
+        }
+        #[cfg(feature = "postgres")]
+        BackendKind::Postgres => {
+            let mut c = diesel::PgConnection::establish(url).map_err(|e| e.to_string())?;
+            diesel::sql_query(
+                "SELECT locked_by, token, \
+                 CAST(EXTRACT(EPOCH FROM expires_at) * 1000000 AS bigint) AS expires_at_us, \
+                 CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000000 AS bigint) AS now_us \
+                 FROM database_locks_lock WHERE name = $1",
+            )
+            .bind::<sql_types::Text, _>(name)
+            .get_result(&mut c)
+            .optional()
+            .map_err(|e| e.to_string())?
+        }
+        #[cfg(feature = "mysql")]
+        BackendKind::Mysql => {
+            let mut c = diesel::MysqlConnection::establish(url).map_err(|e| e.to_string())?;
+            diesel::sql_query(
+                "SELECT CAST(locked_by AS CHAR) AS locked_by, token, \
+                 CAST(TIMESTAMPDIFF(MICROSECOND, '1970-01-01', expires_at) AS SIGNED) AS expires_at_us, \
+                 CAST(TIMESTAMPDIFF(MICROSECOND, '1970-01-01', UTC_TIMESTAMP(6)) AS SIGNED) AS now_us \
+                 FROM database_locks_lock WHERE name = ?",
+            )
+            .bind::<sql_types::Text, _>(name)
+            .get_result(&mut c)
+            .optional()
+            .map_err(|e| e.to_string())?
+        }
+        #[allow(unreachable_patterns)]
+        other => panic!("backend {other:?} is not compiled in"),
+    };
+    Ok(row.map(|r| RawRow {
+        locked_by: r.locked_by,
+        token: r.token,
+        expires_at_us: r.expires_at_us,
+        now_us: r.now_us,
+    }))
 }
 
 /// Instantiates each listed `fn(&Db)` once per compiled-in backend, with `Db` the calling
