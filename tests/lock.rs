@@ -382,11 +382,31 @@ fn bad_input_is_a_typed_error_and_touches_nothing(db: &Db) {
 fn reacquiring_on_the_same_thread_does_not_hang(db: &Db) {
     let locks = db.locks();
     let name = unique_name("reentrant");
-    let _guard = locks.lock(&name).acquire().unwrap();
+    let guard = locks.lock(&name).acquire().unwrap();
+    // A guard may have moved to another thread, so the thread that took it may wait for
+    // it: a timeout ends the wait (a `#[locked]` body, which cannot move, is refused at
+    // once: tests/macros.rs).
     assert!(matches!(
-        locks.lock(&name).acquire(),
-        Err(Error::WouldDeadlock { .. })
+        locks
+            .lock(&name)
+            .timeout(Duration::from_millis(300))
+            .acquire(),
+        Err(Error::Timeout { .. })
     ));
+    // Moved to another thread and released there, it is the waiter's.
+    let token = guard.token();
+    let releaser = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(200));
+        guard.release().unwrap();
+    });
+    let again = locks
+        .lock(&name)
+        .timeout(Duration::from_secs(30))
+        .acquire()
+        .unwrap();
+    assert!(again.token() > token);
+    releaser.join().unwrap();
+    drop(again);
     // With the same explicit owner it is a deliberate re-acquisition.
     let _a = locks
         .lock(format!("{name}-2"))

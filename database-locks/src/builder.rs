@@ -8,7 +8,7 @@ use crate::backend::Attempt;
 use crate::backend::Failure;
 use crate::error::{Error, Result};
 use crate::guard::LockGuard;
-use crate::local::Wake;
+use crate::local::{SelfWait, Wake};
 use crate::locks::{default_owner, transient, Locks};
 use crate::renewer::{LeaseState, LostCallback, LostLock};
 
@@ -46,6 +46,8 @@ pub struct LockBuilder {
     lock_ttl_renew: Option<Duration>,
     lost_lock_cb: Option<LostCallback>,
     lock_at_least_for: Option<Duration>,
+    /// The guard stays on the acquiring thread (`#[locked]`).
+    pinned: bool,
 }
 
 impl fmt::Debug for LockBuilder {
@@ -77,7 +79,15 @@ impl LockBuilder {
             lock_ttl_renew: None,
             lost_lock_cb: None,
             lock_at_least_for: None,
+            pinned: false,
         }
+    }
+
+    /// For `#[locked]`, whose guard never leaves the body's frame: waiting on the thread
+    /// that holds it is a certain self-deadlock, refused with [`Error::WouldDeadlock`].
+    pub(crate) fn pinned_to_thread(mut self) -> Self {
+        self.pinned = true;
+        self
     }
 
     /// Gives up with [`Error::Timeout`] after waiting this long. `Duration::ZERO` waits for
@@ -162,13 +172,24 @@ impl LockBuilder {
 
     /// Runs `f` while holding the lock, like the seed's `with lock(...)`. The lock is
     /// released when `f` returns or panics; a failed release is logged.
+    ///
+    /// When the lock was lost while `f` ran (a renewal found another owner, or the lease
+    /// ran out unrenewed), `f`'s work was not protected all the way through, and `run`
+    /// returns [`Error::Lost`] instead of its value. A release that cannot reach the
+    /// database is logged and handed to a background thread (the lease would expire
+    /// anyway): the lock was held for all of `f`, so the value is returned.
     pub fn run<T>(self, f: impl FnOnce() -> T) -> Result<T> {
         let guard = self.acquire()?;
         let value = f();
-        if let Err(err) = guard.release() {
-            tracing::error!("releasing the lock after the closure ran failed: {err}");
+        let lost = guard.is_lost().then(|| guard.lost_error());
+        match (guard.release(), lost) {
+            (_, Some(lost)) | (Err(lost @ Error::Lost { .. }), None) => Err(lost),
+            (Err(err), None) => {
+                tracing::warn!("releasing the lock after the closure ran failed: {err}");
+                Ok(value)
+            }
+            (Ok(()), None) => Ok(value),
         }
-        Ok(value)
     }
 
     fn acquire_inner(self, once: bool) -> Result<Option<LockGuard>> {
@@ -198,19 +219,30 @@ impl LockBuilder {
         }
         // Only an acquisition that waits can wait for ever on its own thread's guard.
         let waits = !once && self.retry.is_some();
-        if waits
-            && locks
+        if waits {
+            match locks
                 .inner
                 .local
                 .would_deadlock(&self.name, self.locked_by.as_deref())
-        {
-            return Err(Error::WouldDeadlock { name: self.name });
+            {
+                SelfWait::No => {}
+                SelfWait::Certain => return Err(Error::WouldDeadlock { name: self.name }),
+                // The guard may be on another thread by now (sent there, or held by a
+                // task that moved): waiting is right, and a timeout still ends it.
+                SelfWait::Possible => tracing::warn!(
+                    lock = %self.name,
+                    "this thread acquired the lock through another guard; if that guard is \
+                     still on this thread, this acquisition waits for it {}",
+                    if self.timeout.is_some() { "until its timeout" } else { "for ever" }
+                ),
+            }
         }
 
         let owner = self.locked_by.unwrap_or_else(default_owner);
         let retry = if once { None } else { self.retry };
         let started = Instant::now();
-        let deadline = self.timeout.map(|t| started + t);
+        // A timeout too long to represent waits for ever.
+        let deadline = self.timeout.and_then(|t| started.checked_add(t));
         let local = &locks.inner.local;
         // Registered until this function returns; a waiting acquisition joins the name's
         // queue (see `local.rs`): only its front polls, and a release hands the front the
@@ -219,14 +251,22 @@ impl LockBuilder {
         let mut holder = None;
         let mut wake_at = None;
         let mut repaired = false;
+        // Whether the database ever answered, and the last failure if it did not: an
+        // acquisition that timed out without an answer reports why.
+        let mut answered = false;
+        let mut last_error = None;
         loop {
             if attempt {
                 waiter.begin_attempt();
                 let sent = Instant::now();
                 wake_at = None;
-                let result = locks
-                    .prepare()
-                    .and_then(|()| locks.store().try_acquire(&self.name, &owner, ttl));
+                let store = locks.store();
+                // An attempt made as the timeout runs out (the last look) still gets a
+                // moment to answer.
+                let limit = deadline.map(|d| d.max(sent + LAST_ATTEMPT));
+                let result = locks.prepare(limit).and_then(|()| {
+                    store.try_acquire(store.deadline(limit), &self.name, &owner, ttl)
+                });
                 match result {
                     Ok(Attempt::Acquired { token }) => {
                         let lease = Arc::new(LeaseState::new(
@@ -246,6 +286,7 @@ impl LockBuilder {
                             locks.clone(),
                             lease,
                             self.lock_at_least_for,
+                            self.pinned,
                         )));
                     }
                     Ok(Attempt::Held {
@@ -253,9 +294,11 @@ impl LockBuilder {
                         expires_in,
                     }) => {
                         holder = seen_holder.or(holder);
+                        answered = true;
                         // The holder's lease ends before the next poll: try right after it.
-                        wake_at =
-                            expires_in.map(|left| Instant::now() + left + Duration::from_millis(1));
+                        wake_at = expires_in.and_then(|left| {
+                            Instant::now().checked_add(left + Duration::from_millis(1))
+                        });
                     }
                     Err(err)
                         if err.failure == Failure::MissingTable
@@ -269,6 +312,7 @@ impl LockBuilder {
                     // Waited out only by an acquisition that waits; a single attempt reports it.
                     Err(err) if transient(&err) && retry.is_some() => {
                         tracing::debug!(lock = %self.name, "acquire attempt failed, will retry: {}", err.error);
+                        last_error = Some(err.error);
                     }
                     Err(err) => return Err(err.error),
                 }
@@ -285,6 +329,9 @@ impl LockBuilder {
             };
             let now = Instant::now();
             if deadline.is_some_and(|d| now >= d) {
+                if let (false, Some(err)) = (answered, last_error) {
+                    return Err(err);
+                }
                 return Err(Error::Timeout {
                     name: self.name,
                     waited: now - started,
@@ -300,7 +347,7 @@ impl LockBuilder {
             let front = waiter.is_front();
             let mut next = deadline.unwrap_or(now + IDLE_CHECK);
             if front {
-                next = next.min(now + retry);
+                next = next.min(now.checked_add(retry).unwrap_or(next));
                 if let Some(at) = wake_at {
                     next = next.min(at);
                 }
@@ -314,6 +361,10 @@ impl LockBuilder {
         }
     }
 }
+
+/// The least time an attempt gets to answer, even when the acquisition's timeout is
+/// about to run out.
+const LAST_ATTEMPT: Duration = Duration::from_millis(250);
 
 /// How long a waiter that is not at the front of its queue sleeps at most before looking
 /// at its state again (it does not poll the database then).

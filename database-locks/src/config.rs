@@ -5,6 +5,9 @@ use std::time::Duration;
 
 use crate::error::{Error, Result};
 
+/// The default of [`Config::statement_timeout`].
+pub const DEFAULT_STATEMENT_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// The lock file used when neither `DATABASE_LOCKS_URL` nor `DATABASE_URL` is set.
 pub const DEFAULT_SQLITE_FILE: &str = "database_locks.sqlite3";
 
@@ -55,6 +58,7 @@ pub struct Config {
     pub(crate) auto_migrate: bool,
     pub(crate) pool_max_size: u32,
     pub(crate) connect_timeout: Duration,
+    pub(crate) statement_timeout: Duration,
     pub(crate) notify: bool,
     pub(crate) prepared_statements: bool,
 }
@@ -72,6 +76,7 @@ impl Config {
             auto_migrate: true,
             pool_max_size: 10,
             connect_timeout: Duration::from_secs(10),
+            statement_timeout: DEFAULT_STATEMENT_TIMEOUT,
             notify: true,
             prepared_statements: true,
         }
@@ -85,7 +90,8 @@ impl Config {
     /// | `DATABASE_LOCKS_ENABLED` | `false` runs bodies without locking, with a warning | `true` |
     /// | `DATABASE_LOCKS_STATUS_FILE` | a file showing `0` idle, `1` acquiring, `2` held | none |
     /// | `DATABASE_LOCKS_DEFAULT_TTL` | lease length in seconds, or `none` for no expiry | `10` |
-    /// | `DATABASE_LOCKS_DEFAULT_TTL_RENEW` | renew this many seconds before expiry | `2` |
+    /// | `DATABASE_LOCKS_DEFAULT_TTL_RENEW` | renew this many seconds before expiry (at most half the ttl) | `2` |
+    /// | `DATABASE_LOCKS_STATEMENT_TIMEOUT` | seconds one statement may take before its connection is abandoned, see [`Config::statement_timeout`] | `5` |
     /// | `DATABASE_LOCKS_TRANSACTION_POOLING` | `true`: behind PgBouncer in transaction mode, see [`Config::transaction_pooling`] | `false` |
     /// | `DATABASE_LOCKS_NOTIFY` | `false`: waiters do not `LISTEN` for releases (PostgreSQL), see [`Config::notify`] | `true` |
     /// | `DATABASE_LOCKS_PREPARED_STATEMENTS` | `false`: no statement is prepared by name, see [`Config::prepared_statements`] | `true` |
@@ -114,7 +120,10 @@ impl Config {
             Some(url) => ("DATABASE_LOCKS_URL", url),
             None => match get("DATABASE_URL").filter(|v| !v.is_empty()) {
                 Some(url) => ("DATABASE_URL", url),
-                None => ("DATABASE_LOCKS_URL", DEFAULT_SQLITE_FILE.to_owned()),
+                None => {
+                    warn_default_file();
+                    ("DATABASE_LOCKS_URL", DEFAULT_SQLITE_FILE.to_owned())
+                }
             },
         };
         Self::settings_from_lookup(url, get)
@@ -147,6 +156,9 @@ impl Config {
         }
         if let Some(value) = get("DATABASE_LOCKS_DEFAULT_TTL_RENEW") {
             config.default_ttl_renew = parse_seconds("DATABASE_LOCKS_DEFAULT_TTL_RENEW", &value)?;
+        }
+        if let Some(value) = get("DATABASE_LOCKS_STATEMENT_TIMEOUT") {
+            config.statement_timeout = parse_seconds("DATABASE_LOCKS_STATEMENT_TIMEOUT", &value)?;
         }
         // The umbrella first, so that the two settings it stands for can override it.
         if let Some(value) = get("DATABASE_LOCKS_TRANSACTION_POOLING") {
@@ -212,10 +224,42 @@ impl Config {
         self
     }
 
-    /// How long to wait for a connection before giving up (default 10 s).
+    /// How long to wait for a connection before giving up (default 10 s). An acquisition
+    /// with a [`timeout`](crate::LockBuilder::timeout) waits no longer than that timeout,
+    /// connecting included. Before the handle's first connection succeeded, a refused
+    /// connection, an unknown host or bad credentials are reported at once.
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.connect_timeout = timeout;
         self
+    }
+
+    /// The longest one statement may take (default 5 s,
+    /// `DATABASE_LOCKS_STATEMENT_TIMEOUT`). A connection that goes silent (a cut network,
+    /// a NAT or load balancer that forgot it, a proxy that stopped forwarding) gives no
+    /// error: its next read never returns. So every statement on PostgreSQL and MySQL runs
+    /// with a deadline, and one that overruns is abandoned with
+    /// [`Error::Unresponsive`]: its connection is never used again, the connections
+    /// opened before it are checked out no more, and a waiting acquisition or a renewal
+    /// goes on over a new one. A renewal's deadline is also at most half the time left
+    /// before the lease must be given up, so that a second try on a fresh connection still
+    /// fits; an acquisition's is at most its own timeout; a release on drop gets one
+    /// attempt of at most 1 s before it is handed to a background thread. SQLite, a file
+    /// on this host, cannot go silent and runs its statements on the caller's thread.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let config = database_locks::Config::new("postgres://app@db/app")
+    ///     .statement_timeout(Duration::from_secs(2));
+    /// assert_eq!(config.get_statement_timeout(), Duration::from_secs(2));
+    /// ```
+    pub fn statement_timeout(mut self, timeout: Duration) -> Self {
+        self.statement_timeout = timeout;
+        self
+    }
+
+    /// The longest one statement may take.
+    pub fn get_statement_timeout(&self) -> Duration {
+        self.statement_timeout
     }
 
     /// PostgreSQL: whether waiters are woken by releases in other processes (default
@@ -362,7 +406,21 @@ pub(crate) fn parse_url(url: &str) -> Result<(BackendKind, String)> {
         None if url.starts_with("sqlite:") => {
             (BackendKind::Sqlite, url["sqlite:".len()..].to_owned())
         }
-        None => (BackendKind::Sqlite, url.to_owned()),
+        None => {
+            if let Some(scheme) = misspelt_scheme(url) {
+                return Err(bad(&format!(
+                    "this looks like a {scheme} URL with a misspelt `://`; write \
+                     {scheme}://user@host:port/database (a SQLite file path would not start \
+                     with `{scheme}:` or `{scheme}//`)"
+                )));
+            }
+            if looks_like_host_port(url) {
+                return Err(bad("this looks like host:port, not a SQLite file; write \
+                     postgres://user@HOST:PORT/database or mysql://user@HOST:PORT/database \
+                     (or sqlite://NAME for a file that is really named so)"));
+            }
+            (BackendKind::Sqlite, url.to_owned())
+        }
     };
     if kind == BackendKind::Sqlite {
         if target.is_empty() {
@@ -376,6 +434,87 @@ pub(crate) fn parse_url(url: &str) -> Result<(BackendKind, String)> {
         }
     }
     Ok((kind, target))
+}
+
+/// Says, once per process, that locks went to the embedded default: they exclude only
+/// processes on this host that run in the same directory.
+fn warn_default_file() {
+    static WARNED: std::sync::Once = std::sync::Once::new();
+    WARNED.call_once(|| {
+        let path = std::env::current_dir()
+            .map(|dir| dir.join(DEFAULT_SQLITE_FILE))
+            .unwrap_or_else(|_| PathBuf::from(DEFAULT_SQLITE_FILE));
+        tracing::warn!(
+            file = %path.display(),
+            "neither DATABASE_LOCKS_URL nor DATABASE_URL is set: locks are kept in the SQLite \
+             file {}, so they exclude only processes on this host that run in this directory; \
+             set DATABASE_LOCKS_URL to share them",
+            path.display()
+        );
+    });
+}
+
+/// `postgres//host/db`, `postgres:/host/db`, `mysql:host`: a scheme whose `://` went wrong.
+fn misspelt_scheme(url: &str) -> Option<&'static str> {
+    let lower = url.to_ascii_lowercase();
+    ["postgresql", "postgres", "mysql", "mariadb"]
+        .into_iter()
+        .find(|scheme| {
+            lower
+                .strip_prefix(scheme)
+                .is_some_and(|rest| rest.starts_with(':') || rest.starts_with("//"))
+        })
+}
+
+/// `127.0.0.1:5432`, `db.internal:3306/app`, `[::1]:5432`: a host and a port, not a path.
+fn looks_like_host_port(url: &str) -> bool {
+    let authority = url.split('/').next().unwrap_or(url);
+    let Some((host, port)) = authority.rsplit_once(':') else {
+        return false;
+    };
+    let host_ok = !host.is_empty()
+        && (host.starts_with('[') && host.ends_with(']')
+            || host
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-' || c == '_'));
+    host_ok && !port.is_empty() && port.len() <= 5 && port.chars().all(|c| c.is_ascii_digit())
+}
+
+/// The connection string libpq gets: the URL plus TCP settings that let the kernel find a
+/// dead peer (keepalives on an idle connection, `tcp_user_timeout` for data left
+/// unacknowledged) and a connect timeout, each only where the URL does not set it. They
+/// bound how long a worker stays stuck on a connection that a real network dropped; the
+/// statement deadlines ([`Config::statement_timeout`]) already keep callers from waiting.
+pub(crate) fn postgres_connection_string(url: &str, config: &Config) -> String {
+    let millis = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+    let settings = [
+        (
+            "connect_timeout",
+            config.connect_timeout.as_secs().max(2).to_string(),
+        ),
+        ("keepalives", "1".to_owned()),
+        ("keepalives_idle", "10".to_owned()),
+        ("keepalives_interval", "5".to_owned()),
+        ("keepalives_count", "3".to_owned()),
+        (
+            "tcp_user_timeout",
+            millis(config.statement_timeout.saturating_mul(2))
+                .max(1000)
+                .to_string(),
+        ),
+    ];
+    let query = url.split_once('?').map_or("", |(_, q)| q);
+    let mut out = url.to_owned();
+    for (key, value) in settings {
+        let present = query
+            .split('&')
+            .any(|pair| pair.split('=').next() == Some(key));
+        if !present {
+            out.push(if out.contains('?') { '&' } else { '?' });
+            out.push_str(&format!("{key}={value}"));
+        }
+    }
+    out
 }
 
 /// The URL with its password replaced by `***`, for messages and logs.
@@ -599,6 +738,56 @@ mod tests {
                 "{url:?}"
             );
         }
+    }
+
+    #[test]
+    fn host_port_and_misspelt_schemes_are_not_taken_for_sqlite_files() {
+        for (url, says) in [
+            ("127.0.0.1:5432", "host:port"),
+            ("localhost:3306", "host:port"),
+            ("db.internal:5432/app", "host:port"),
+            ("[::1]:5432", "host:port"),
+            ("postgres//host/db", "postgres URL"),
+            ("postgres:/host/db", "postgres URL"),
+            ("postgresql:host/db", "postgresql URL"),
+            ("MYSQL//root@h/db", "mysql URL"),
+            ("mariadb:root@h/db", "mariadb URL"),
+        ] {
+            match parse_url(url) {
+                Err(Error::Config { reason, .. }) => {
+                    assert!(reason.contains(says), "{url}: {reason}")
+                }
+                other => panic!("{url}: {other:?}"),
+            }
+        }
+        // What is a path stays one.
+        for path in [
+            "locks.db",
+            "./db:5432",
+            "data/locks:1.db",
+            "postgres/locks.db",
+            "mysql-locks.db",
+        ] {
+            assert_eq!(parse_url(path).unwrap().0, BackendKind::Sqlite, "{path}");
+        }
+    }
+
+    #[test]
+    fn libpq_gets_tcp_settings_the_url_does_not_set() {
+        let config = Config::new("x").statement_timeout(Duration::from_secs(3));
+        let plain = postgres_connection_string("postgres://u@h/db", &config);
+        assert_eq!(
+            plain,
+            "postgres://u@h/db?connect_timeout=10&keepalives=1&keepalives_idle=10\
+             &keepalives_interval=5&keepalives_count=3&tcp_user_timeout=6000"
+        );
+        let own = postgres_connection_string(
+            "postgres://u@h/db?sslmode=disable&keepalives_idle=60&connect_timeout=3",
+            &config,
+        );
+        assert!(own.starts_with("postgres://u@h/db?sslmode=disable&keepalives_idle=60&connect_timeout=3&keepalives=1&"), "{own}");
+        assert_eq!(own.matches("keepalives_idle").count(), 1, "{own}");
+        assert_eq!(own.matches("connect_timeout").count(), 1, "{own}");
     }
 
     #[test]

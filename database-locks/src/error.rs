@@ -30,8 +30,10 @@ pub enum Error {
         holder: Option<String>,
     },
 
-    /// This thread already holds the lock through another guard, with a different owner id,
-    /// so waiting for it would wait for ever.
+    /// This thread is inside a `#[locked]` body that holds the lock (with a different owner
+    /// id), so waiting for it would wait for ever. A guard from
+    /// [`acquire`](crate::LockBuilder::acquire) may have been sent to another thread, so
+    /// waiting on the thread that took it is allowed (with a warning in the log).
     #[error(
         "lock {name:?} is already held by this thread; acquiring it again would wait for ever \
          (drop the first guard, or pass the same explicit `locked_by` to re-acquire)"
@@ -115,6 +117,41 @@ pub enum Error {
     /// A statement failed.
     #[error("lock database error during {operation}: {source}")]
     Database {
+        /// What the crate was doing.
+        operation: &'static str,
+        /// The driver's error.
+        #[source]
+        source: diesel::result::Error,
+    },
+
+    /// The database did not answer in time: the connection went silent (a cut network, a
+    /// NAT or load balancer that dropped it, a stopped proxy) or the server is stalled.
+    /// The connection was abandoned and is never used again; a waiting acquisition or a
+    /// renewal tries again on another one.
+    #[error(
+        "the lock database at {url} did not answer {operation} within {waited:?}; the \
+         connection was abandoned (see Config::statement_timeout)"
+    )]
+    Unresponsive {
+        /// What the crate was doing.
+        operation: &'static str,
+        /// The URL, with any password masked.
+        url: String,
+        /// How long it waited.
+        waited: Duration,
+    },
+
+    /// A statement prepared by name was missing on the server connection, or was another
+    /// client's: a pooler in transaction mode (PgBouncer's `pool_mode = transaction`) is
+    /// between the handle and PostgreSQL. The handle has stopped preparing statements by
+    /// name and the operation can be repeated; set `DATABASE_LOCKS_TRANSACTION_POOLING=true`
+    /// so that it never prepares one.
+    #[error(
+        "lock database error during {operation}: {source}; the connection goes through a \
+         pooler in transaction mode (PgBouncer): set DATABASE_LOCKS_TRANSACTION_POOLING=true \
+         (Config::transaction_pooling(true))"
+    )]
+    TransactionPooler {
         /// What the crate was doing.
         operation: &'static str,
         /// The driver's error.

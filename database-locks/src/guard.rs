@@ -6,10 +6,16 @@ use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
 use crate::locks::{transient, Locks};
+use crate::releaser::Pending;
 use crate::renewer::LeaseState;
 
 /// A held lock. Dropping it stops renewal and releases the lock, on every exit path,
 /// panics included; [`release`](Self::release) does the same and reports errors.
+///
+/// Dropping never blocks for long: it makes one attempt of at most 1 s (less with a
+/// shorter [`Config::statement_timeout`](crate::Config::statement_timeout)), and a release
+/// that could not reach the database is retried by a background thread of the handle
+/// until it succeeds or the lease has ended.
 ///
 /// With locking disabled the guard holds nothing: [`is_held`](Self::is_held) is false
 /// and [`token`](Self::token) is `None`.
@@ -38,16 +44,21 @@ impl fmt::Debug for LockGuard {
     }
 }
 
-/// How often release retries a transient failure before leaving the lease to expire.
-const RELEASE_ATTEMPTS: u32 = 3;
-
 impl LockGuard {
     pub(crate) fn disabled(name: String) -> Self {
         LockGuard { name, held: None }
     }
 
-    pub(crate) fn held(locks: Locks, lease: Arc<LeaseState>, at_least: Option<Duration>) -> Self {
-        let local_id = locks.inner.local.acquired(&lease.name, &lease.owner);
+    pub(crate) fn held(
+        locks: Locks,
+        lease: Arc<LeaseState>,
+        at_least: Option<Duration>,
+        pinned: bool,
+    ) -> Self {
+        let local_id = locks
+            .inner
+            .local
+            .acquired(&lease.name, &lease.owner, pinned);
         LockGuard {
             name: lease.name.clone(),
             held: Some(Held {
@@ -102,13 +113,13 @@ impl LockGuard {
             return self.verify_or_lost();
         };
         if lease.is_lost() {
-            return Err(self.lost_error(lease));
+            return Err(self.lost_error_of(lease));
         }
         let sent = Instant::now();
-        let renewed = held
-            .locks
-            .store()
-            .renew(&[(lease.lease(), ttl)])
+        let store = held.locks.store();
+        let batch = vec![(lease.name.clone(), lease.owner.clone(), lease.token, ttl)];
+        let renewed = store
+            .renew(store.deadline(lease.give_up_at()), batch)
             .map_err(|e| e.error)?;
         if renewed.first().copied().unwrap_or(false) {
             lease.extended(sent);
@@ -118,7 +129,7 @@ impl LockGuard {
                 crate::renewer::LossCause::Taken,
                 "a manual renewal found another owner or token, or an expired lease".into(),
             );
-            Err(self.lost_error(lease))
+            Err(self.lost_error_of(lease))
         }
     }
 
@@ -128,20 +139,31 @@ impl LockGuard {
         let Some(held) = &self.held else {
             return Ok(true);
         };
-        held.locks
-            .store()
-            .verify(held.lease.lease())
+        let store = held.locks.store();
+        store
+            .verify(store.deadline(None), held.lease.lease())
             .map_err(|e| e.error)
     }
 
     fn verify_or_lost(&self) -> Result<()> {
         match (&self.held, self.verify()?) {
-            (Some(held), false) => Err(self.lost_error(&held.lease)),
+            (Some(held), false) => Err(self.lost_error_of(&held.lease)),
             _ => Ok(()),
         }
     }
 
-    fn lost_error(&self, lease: &LeaseState) -> Error {
+    /// The error of a guard whose lock was lost.
+    pub(crate) fn lost_error(&self) -> Error {
+        match &self.held {
+            Some(held) => self.lost_error_of(&held.lease),
+            None => Error::Lost {
+                name: self.name.clone(),
+                reason: "locking is disabled".into(),
+            },
+        }
+    }
+
+    fn lost_error_of(&self, lease: &LeaseState) -> Error {
         Error::Lost {
             name: self.name.clone(),
             reason: lease.lost_reason(),
@@ -150,15 +172,31 @@ impl LockGuard {
 
     /// Releases the lock now. Fails with [`Error::Lost`] when the row no longer carries
     /// this guard's owner and token (someone else holds it now, and it is left alone).
+    /// Retries a failure that waiting can fix for up to the statement timeout
+    /// ([`Config::statement_timeout`](crate::Config::statement_timeout), 5 s), then reports
+    /// it and leaves the release to a background thread of the handle, which keeps trying
+    /// until the lease ends.
     pub fn release(mut self) -> Result<()> {
         match self.held.take() {
-            Some(held) => release(&self.name, held),
+            Some(held) => release(&self.name, held, Wait::Report),
             None => Ok(()),
         }
     }
 }
 
-fn release(name: &str, held: Held) -> Result<()> {
+/// How a release may wait.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Wait {
+    /// `release()`: attempts for up to the statement timeout, and the error if they fail.
+    Report,
+    /// Drop: one attempt of at most [`DROP_ATTEMPT`].
+    Briefly,
+}
+
+/// The one attempt a dropped guard makes before leaving its release to the background.
+const DROP_ATTEMPT: Duration = Duration::from_secs(1);
+
+fn release(name: &str, held: Held, wait: Wait) -> Result<()> {
     let Held {
         locks,
         lease,
@@ -170,38 +208,64 @@ fn release(name: &str, held: Held) -> Result<()> {
     if let Some(renewer) = locks.inner_renewer() {
         renewer.remove(&lease);
     }
-    // Durations measured here are immune to clock skew; the database adds them to its own clock.
-    let keep_for = at_least
-        .and_then(|d| d.checked_sub(acquired_at.elapsed()))
-        .filter(|d| !d.is_zero());
-    let mut outcome = Ok(false);
-    for attempt in 1..=RELEASE_ATTEMPTS {
-        outcome = locks.store().release(lease.lease(), keep_for);
+    let pending = Pending {
+        lease,
+        at_least,
+        acquired_at,
+    };
+    let store = locks.store();
+    let deadline = match wait {
+        Wait::Report => store.deadline(None),
+        Wait::Briefly => store.deadline(Instant::now().checked_add(DROP_ATTEMPT)),
+    };
+    let mut backoff = Duration::from_millis(50);
+    // Durations measured here are immune to clock skew; the database adds them to its own
+    // clock.
+    let outcome = loop {
+        let outcome = store.release(deadline, pending.lease.lease(), pending.keep_for());
         match &outcome {
-            Err(err) if transient(err) && attempt < RELEASE_ATTEMPTS => {
-                std::thread::sleep(Duration::from_millis(50 * u64::from(attempt)));
+            Err(err)
+                if transient(err)
+                    && wait == Wait::Report
+                    && Instant::now() + backoff < deadline =>
+            {
+                std::thread::sleep(backoff);
+                backoff *= 2;
             }
-            _ => break,
+            _ => break outcome,
         }
-    }
+    };
     locks.inner.local.released(name, local_id);
+    let token = pending.lease.token;
     match outcome {
         Ok(true) => {
-            tracing::debug!(lock = %name, token = lease.token, "lock released");
+            tracing::debug!(lock = %name, token, "lock released");
             Ok(())
         }
         Ok(false) => Err(Error::Lost {
             name: name.to_owned(),
             reason: "at release the row carried another owner or token".into(),
         }),
-        Err(err) => Err(err.error),
+        Err(err) => {
+            if transient(&err) {
+                // The lease must not outlive the process's interest in it: keep trying.
+                match locks.releaser() {
+                    Ok(releaser) => {
+                        tracing::info!(lock = %name, token, "release failed ({}); retrying in the background", err.error);
+                        releaser.push(pending);
+                    }
+                    Err(thread) => tracing::warn!(lock = %name, "{thread}; the lease will expire"),
+                }
+            }
+            Err(err.error)
+        }
     }
 }
 
 impl Drop for LockGuard {
     fn drop(&mut self) {
         if let Some(held) = self.held.take() {
-            if let Err(err) = release(&self.name, held) {
+            if let Err(err) = release(&self.name, held, Wait::Briefly) {
                 tracing::warn!(lock = %self.name, "releasing the lock on drop failed: {err}");
             }
         }

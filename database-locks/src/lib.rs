@@ -35,7 +35,8 @@
 //! - `postgres`: PostgreSQL through libpq.
 //! - `mysql`: MySQL and MariaDB through libmysqlclient.
 #![warn(missing_docs, missing_debug_implementations, rust_2018_idioms)]
-#![cfg_attr(docsrs, feature(doc_auto_cfg))]
+#![forbid(unsafe_code)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod backend;
 mod builder;
@@ -46,13 +47,14 @@ mod guard;
 mod local;
 mod locks;
 mod notify;
+mod releaser;
 mod renewer;
 mod stmt;
 
 pub use backend::{LockConnection, LockInfo, Migration};
 pub use builder::{LockBuilder, DEFAULT_RETRY, MAX_NAME_CHARS, MAX_TTL};
 pub use command::Command;
-pub use config::{BackendKind, Config, DEFAULT_SQLITE_FILE};
+pub use config::{BackendKind, Config, DEFAULT_SQLITE_FILE, DEFAULT_STATEMENT_TIMEOUT};
 pub use database_locks_macros::locked;
 pub use error::{Error, Result};
 pub use guard::LockGuard;

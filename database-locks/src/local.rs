@@ -39,6 +39,21 @@ struct Holder {
     thread: ThreadId,
     owner: u64,
     id: u64,
+    /// A guard `#[locked]` keeps in its body's frame: it cannot leave the thread it was
+    /// acquired on. Any other guard may have been sent to another thread since.
+    pinned: bool,
+}
+
+/// Whether a waiting acquisition would wait for a guard of its own thread.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SelfWait {
+    /// No guard acquired on this thread holds the name with another owner.
+    No,
+    /// A `#[locked]` body on this thread holds it: the wait would never end.
+    Certain,
+    /// A guard acquired on this thread holds it; it may have been moved to another
+    /// thread, which can still release it.
+    Possible,
 }
 
 /// The guards of one name: nearly always one, so no allocation for it.
@@ -264,27 +279,32 @@ impl Local {
             status_file: Mutex::new(status_file),
             last_status: Mutex::new(None),
         };
-        local.write_status(0);
+        local.write_status();
         local
     }
 
     pub(crate) fn set_status_file(&self, path: Option<PathBuf>) {
         *self.status_file.lock() = path;
         *self.last_status.lock() = None;
-        let status = status_of(&self.hub.state.lock());
-        self.write_status(status);
+        self.write_status();
     }
 
     /// Whether this thread holds `name` through a guard whose owner is not `owner`.
-    pub(crate) fn would_deadlock(&self, name: &str, owner: Option<&str>) -> bool {
+    pub(crate) fn would_deadlock(&self, name: &str, owner: Option<&str>) -> SelfWait {
         let me = std::thread::current().id();
         let owner = owner.map(owner_hash);
         let state = self.hub.state.lock();
-        state.held.get(name).is_some_and(|holders| {
-            holders
-                .iter()
-                .any(|h| h.thread == me && Some(h.owner) != owner)
-        })
+        let mut mine = state
+            .held
+            .get(name)
+            .into_iter()
+            .flat_map(Holders::iter)
+            .filter(|h| h.thread == me && Some(h.owner) != owner);
+        match mine.next() {
+            None => SelfWait::No,
+            Some(first) if first.pinned || mine.any(|h| h.pinned) => SelfWait::Certain,
+            Some(_) => SelfWait::Possible,
+        }
     }
 
     /// Starts listening for releases in other processes, once per handle, if the backend
@@ -313,7 +333,7 @@ impl Local {
     /// or another waiter has been handed the next attempt (that would be barging).
     pub(crate) fn enqueue(&self, name: &str, owner: &str, queued: bool) -> (Waiter<'_>, bool) {
         let wake = Arc::new(Condvar::new());
-        let (id, attempt, status) = {
+        let (id, attempt) = {
             let mut state = self.hub.state.lock();
             state.next_id += 1;
             let id = state.next_id;
@@ -341,9 +361,9 @@ impl Local {
                     self.hub.queued_changed.notify_all();
                 }
             }
-            (id, attempt, status_of(&state))
+            (id, attempt)
         };
-        self.write_status(status);
+        self.write_status();
         let waiter = Waiter {
             local: self,
             name: name.to_owned(),
@@ -354,9 +374,9 @@ impl Local {
         (waiter, attempt)
     }
 
-    /// Records a guard; returns its id.
-    pub(crate) fn acquired(&self, name: &str, owner: &str) -> u64 {
-        let (id, status) = {
+    /// Records a guard (`pinned`: see [`Holder`]); returns its id.
+    pub(crate) fn acquired(&self, name: &str, owner: &str, pinned: bool) -> u64 {
+        let id = {
             let mut state = self.hub.state.lock();
             state.next_id += 1;
             let id = state.next_id;
@@ -364,6 +384,7 @@ impl Local {
                 thread: std::thread::current().id(),
                 owner: owner_hash(owner),
                 id,
+                pinned,
             };
             match state.held.get_mut(name) {
                 Some(holders) => holders.push(holder),
@@ -372,15 +393,15 @@ impl Local {
                 }
             }
             state.holding += 1;
-            (id, status_of(&state))
+            id
         };
-        self.write_status(status);
+        self.write_status();
         id
     }
 
     /// Forgets a guard, and hands the next attempt to the first waiter for `name`.
     pub(crate) fn released(&self, name: &str, guard: u64) {
-        let status = {
+        {
             let mut state = self.hub.state.lock();
             let mut found = false;
             if let Some(holders) = state.held.get_mut(name) {
@@ -393,26 +414,42 @@ impl Local {
                 state.holding = state.holding.saturating_sub(1);
             }
             state.give_turn(name);
-            status_of(&state)
-        };
-        self.write_status(status);
+        }
+        self.write_status();
     }
 
-    fn write_status(&self, status: u8) {
+    /// Brings the status file up to date with the state as it is now. Writers take turns,
+    /// and each writes what the state is when its turn comes, so the last write always
+    /// shows the last state (a writer that computed its status before another thread
+    /// changed the state cannot overwrite the newer one). Each write replaces the file
+    /// whole (a temporary file renamed over it), so a reader never sees it half written.
+    fn write_status(&self) {
         let Some(path) = self.status_file.lock().clone() else {
             return;
         };
         let mut last = self.last_status.lock();
+        let status = status_of(&self.hub.state.lock());
         if *last == Some(status) {
             return;
         }
-        match std::fs::write(&path, status.to_string()) {
+        match write_atomically(&path, status) {
             Ok(()) => *last = Some(status),
             Err(err) => {
                 tracing::warn!(path = %path.display(), "cannot write the lock status file: {err}")
             }
         }
     }
+}
+
+/// Writes `status` to a temporary file beside `path` and renames it over `path`.
+fn write_atomically(path: &std::path::Path, status: u8) -> std::io::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(format!(".{}.tmp", std::process::id()));
+    let tmp = PathBuf::from(tmp);
+    std::fs::write(&tmp, status.to_string())?;
+    std::fs::rename(&tmp, path).inspect_err(|_| {
+        let _ = std::fs::remove_file(&tmp);
+    })
 }
 
 impl Waiter<'_> {
@@ -477,7 +514,7 @@ impl Waiter<'_> {
 
 impl Drop for Waiter<'_> {
     fn drop(&mut self) {
-        let status = {
+        {
             let mut state = self.local.hub.state.lock();
             state.waiting = state.waiting.saturating_sub(1);
             if self.queued {
@@ -505,9 +542,8 @@ impl Drop for Waiter<'_> {
                     }
                 }
             }
-            status_of(&state)
-        };
-        self.local.write_status(status);
+        }
+        self.local.write_status();
     }
 }
 
@@ -534,7 +570,7 @@ mod tests {
     #[test]
     fn a_release_hands_the_next_attempt_to_the_first_waiter_only() {
         let local = Local::new(None, false);
-        let guard = local.acquired("n", "a");
+        let guard = local.acquired("n", "a", false);
         let (first, attempt) = local.enqueue("n", "b", true);
         assert!(!attempt, "held here by another owner: no attempt");
         let (second, _) = local.enqueue("n", "c", true);
@@ -548,7 +584,7 @@ mod tests {
     #[test]
     fn a_newcomer_does_not_barge_past_a_waiter_given_the_turn() {
         let local = Local::new(None, false);
-        let guard = local.acquired("n", "a");
+        let guard = local.acquired("n", "a", false);
         let (first, _) = local.enqueue("n", "b", true);
         local.released("n", guard);
         assert!(!local.enqueue("n", "c", true).1, "the turn is handed out");
@@ -568,7 +604,7 @@ mod tests {
     #[test]
     fn the_same_owner_attempts_at_once() {
         let local = Local::new(None, false);
-        let _guard = local.acquired("n", "a");
+        let _guard = local.acquired("n", "a", false);
         assert!(local.enqueue("n", "a", true).1);
         assert!(!local.enqueue("n", "b", true).1);
     }
@@ -576,7 +612,7 @@ mod tests {
     #[test]
     fn a_waiter_leaving_with_the_turn_passes_it_on() {
         let local = Local::new(None, false);
-        let guard = local.acquired("n", "a");
+        let guard = local.acquired("n", "a", false);
         let (first, _) = local.enqueue("n", "b", true);
         let (second, _) = local.enqueue("n", "c", true);
         local.released("n", guard);
@@ -591,7 +627,7 @@ mod tests {
         let (first, _) = local.enqueue("n", "b", true);
         let (second, _) = local.enqueue("n", "c", true);
         first.begin_attempt();
-        let _guard = local.acquired("n", "b");
+        let _guard = local.acquired("n", "b", false);
         drop(first);
         // Promoted, not handed an attempt: the name is held here.
         assert_eq!(woken(&second, false), Wake::Promoted);
@@ -601,7 +637,7 @@ mod tests {
     #[test]
     fn notifications_wake_the_front_unless_the_name_is_held_here() {
         let local = Local::new(None, false);
-        let guard = local.acquired("n", "a");
+        let guard = local.acquired("n", "a", false);
         let (waiter, _) = local.enqueue("n", "b", true);
         local.hub.notified("n");
         assert_eq!(woken(&waiter, true), Wake::Timer);
@@ -619,7 +655,7 @@ mod tests {
     #[test]
     fn names_are_forgotten_when_nobody_holds_or_waits() {
         let local = Local::new(None, false);
-        let guard = local.acquired("n", "a");
+        let guard = local.acquired("n", "a", false);
         let (waiter, _) = local.enqueue("n", "b", true);
         local.released("n", guard);
         drop(waiter);
@@ -631,11 +667,57 @@ mod tests {
     #[test]
     fn two_guards_of_one_name_are_both_tracked() {
         let local = Local::new(None, false);
-        let one = local.acquired("n", "a");
-        let two = local.acquired("n", "a");
+        let one = local.acquired("n", "a", false);
+        let two = local.acquired("n", "a", false);
         local.released("n", one);
         assert!(!local.enqueue("n", "b", true).1, "still held by the second");
         local.released("n", two);
         assert!(local.hub.state.lock().held.is_empty());
+    }
+
+    /// Threads that take and give back guards while others wait: whatever the order in
+    /// which their writes land, the file ends showing the final state, and only whole
+    /// values are ever read. (Before, each thread wrote the status it computed before
+    /// dropping the state lock, so a late "2" could land after the last release's "0".)
+    #[test]
+    fn the_status_file_ends_with_the_last_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("status");
+        for round in 0..20 {
+            let local = Arc::new(Local::new(Some(path.clone()), false));
+            let stop = Arc::new(AtomicBool::new(false));
+            let reader = {
+                let (path, stop) = (path.clone(), Arc::clone(&stop));
+                std::thread::spawn(move || {
+                    while !stop.load(Ordering::SeqCst) {
+                        let read = std::fs::read_to_string(&path).unwrap();
+                        assert!(["0", "1", "2"].contains(&read.as_str()), "read {read:?}");
+                    }
+                })
+            };
+            let workers: Vec<_> = (0..4)
+                .map(|t| {
+                    let local = Arc::clone(&local);
+                    std::thread::spawn(move || {
+                        let name = format!("n{t}");
+                        for _ in 0..200 {
+                            let (waiter, _) = local.enqueue(&name, "o", false);
+                            let id = local.acquired(&name, "o", false);
+                            drop(waiter);
+                            local.released(&name, id);
+                        }
+                    })
+                })
+                .collect();
+            for worker in workers {
+                worker.join().unwrap();
+            }
+            stop.store(true, Ordering::SeqCst);
+            reader.join().unwrap();
+            let last = std::fs::read_to_string(&path).unwrap();
+            assert_eq!(last, "0", "round {round}: nothing held or waited for");
+            let leftovers = std::fs::read_dir(dir.path()).unwrap().count();
+            assert_eq!(leftovers, 1, "no temporary file left behind");
+        }
     }
 }

@@ -4,17 +4,18 @@ use std::fmt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use diesel::r2d2::{ConnectionManager, Pool};
+use diesel::r2d2::{ConnectionManager, ManageConnection, Pool};
 use parking_lot::{Mutex, RwLock};
 
-use crate::backend::pool::{Manager, OpError, PoolStore, Store};
+use crate::backend::pool::{Manager, OpError, PoolStore, Store, Suspect};
 use crate::backend::{Failure, LockConnection, LockInfo, Migration};
 use crate::builder::LockBuilder;
 use crate::config::{BackendKind, Config};
 use crate::error::{Error, Result};
 use crate::local::Local;
+use crate::releaser::Releaser;
 use crate::renewer::Renewer;
 
 /// The settings a handle reads at each acquisition; [`Locks::set_enabled`] and friends
@@ -32,6 +33,7 @@ pub(crate) struct Inner {
     pub(crate) settings: RwLock<Settings>,
     pub(crate) local: Local,
     renewer: OnceLock<Renewer>,
+    releaser: OnceLock<Releaser>,
     /// Set once the table is known to be usable.
     ready: Mutex<bool>,
 }
@@ -70,7 +72,10 @@ impl Locks {
         let (kind, target) = config.target()?;
         let store: Arc<dyn Store> = match kind {
             #[cfg(feature = "postgres")]
-            BackendKind::Postgres => own_pool::<diesel::pg::PgConnection>(&config, &target),
+            BackendKind::Postgres => own_pool::<diesel::pg::PgConnection>(
+                &config,
+                &crate::config::postgres_connection_string(&target, &config),
+            ),
             #[cfg(feature = "mysql")]
             BackendKind::Mysql => own_pool::<diesel::mysql::MysqlConnection>(&config, &target),
             #[cfg(feature = "sqlite")]
@@ -110,6 +115,10 @@ impl Locks {
             pool,
             &config.url,
             config.prepared_statements,
+            config.statement_timeout,
+            Arc::new(Suspect::default()),
+            None,
+            None,
         ));
         Self::from_store(store, &config)
     }
@@ -126,6 +135,7 @@ impl Locks {
                 }),
                 local: Local::new(config.status_file.clone(), config.notify),
                 renewer: OnceLock::new(),
+                releaser: OnceLock::new(),
                 ready: Mutex::new(false),
             }),
         }
@@ -144,8 +154,12 @@ impl Locks {
     /// Creates the table, or adds the `token` column to a table Django created. Safe to
     /// run from several processes at once; a no-op when the table is up to date.
     pub fn migrate(&self) -> Result<Migration> {
-        self.refuse_foreign_table().map_err(|e| e.error)?;
-        let outcome = self.inner.store.migrate().map_err(|e| e.error)?;
+        self.refuse_foreign_table(None).map_err(|e| e.error)?;
+        let outcome = self
+            .inner
+            .store
+            .migrate(self.migrate_deadline())
+            .map_err(|e| e.error)?;
         self.check_schema()?;
         *self.inner.ready.lock() = true;
         Ok(outcome)
@@ -154,17 +168,17 @@ impl Locks {
     /// Every lock in the table, with its state by the database's clock.
     pub fn list(&self) -> Result<Vec<LockInfo>> {
         self.ensure_ready()?;
-        self.inner.store.list(None).map_err(|e| e.error)
+        let store = self.store();
+        store.list(store.deadline(None), None).map_err(|e| e.error)
     }
 
     /// The named lock's row, if it has one.
     pub fn inspect(&self, name: &str) -> Result<Option<LockInfo>> {
         crate::builder::validate_name(name)?;
         self.ensure_ready()?;
-        Ok(self
-            .inner
-            .store
-            .list(Some(name))
+        let store = self.store();
+        Ok(store
+            .list(store.deadline(None), Some(name))
             .map_err(|e| e.error)?
             .into_iter()
             .next())
@@ -175,7 +189,10 @@ impl Locks {
     pub fn force_release(&self, name: &str) -> Result<bool> {
         crate::builder::validate_name(name)?;
         self.ensure_ready()?;
-        self.inner.store.force_release(name).map_err(|e| e.error)
+        let store = self.store();
+        store
+            .force_release(store.deadline(None), name)
+            .map_err(|e| e.error)
     }
 
     /// Turns locking on or off at run time (see [`Config::enabled`]).
@@ -204,21 +221,24 @@ impl Locks {
 
     /// Makes sure the table exists and has our columns, once per handle.
     pub(crate) fn ensure_ready(&self) -> Result<()> {
-        self.prepare().map_err(|e| e.error)
+        self.prepare(None).map_err(|e| e.error)
     }
 
     /// [`ensure_ready`](Self::ensure_ready), keeping whether a failure is transient so that
     /// a waiting acquisition can wait it out.
-    pub(crate) fn prepare(&self) -> Result<(), OpError> {
+    /// `limit`: the caller's deadline, if it comes before the statements' own.
+    pub(crate) fn prepare(&self, limit: Option<Instant>) -> Result<(), OpError> {
         let mut ready = self.inner.ready.lock();
         if *ready {
             return Ok(());
         }
         if self.settings().auto_migrate {
-            self.refuse_foreign_table()?;
-            self.inner.store.migrate()?;
+            self.refuse_foreign_table(limit)?;
+            let deadline =
+                limit.map_or(self.migrate_deadline(), |l| l.min(self.migrate_deadline()));
+            self.inner.store.migrate(deadline)?;
         }
-        self.check_schema_op()?;
+        self.check_schema_op(limit)?;
         *ready = true;
         Ok(())
     }
@@ -229,13 +249,13 @@ impl Locks {
     }
 
     fn check_schema(&self) -> Result<()> {
-        self.check_schema_op().map_err(|e| e.error)
+        self.check_schema_op(None).map_err(|e| e.error)
     }
 
     /// A table of that name that is not a lock table (missing Django's columns) is left
     /// alone: no DDL runs on it.
-    fn refuse_foreign_table(&self) -> Result<(), OpError> {
-        let columns = self.inner.store.columns()?;
+    fn refuse_foreign_table(&self, limit: Option<Instant>) -> Result<(), OpError> {
+        let columns = self.store().columns(self.store().deadline(limit))?;
         match missing_columns(&columns, &["name", "locked_by", "expires_at"]) {
             missing if columns.is_empty() || missing.is_empty() => Ok(()),
             missing => Err(OpError {
@@ -250,8 +270,8 @@ impl Locks {
         }
     }
 
-    fn check_schema_op(&self) -> Result<(), OpError> {
-        let columns = self.inner.store.columns()?;
+    fn check_schema_op(&self, limit: Option<Instant>) -> Result<(), OpError> {
+        let columns = self.store().columns(self.store().deadline(limit))?;
         let persistent = |error| OpError {
             failure: Failure::Persistent,
             error,
@@ -285,6 +305,24 @@ impl Locks {
         Ok(self.inner.renewer.get_or_init(|| renewer))
     }
 
+    /// Creating the table may wait for another process's migration (MySQL's `GET_LOCK`
+    /// waits up to 60 s) on top of the statements themselves.
+    fn migrate_deadline(&self) -> Instant {
+        self.store().deadline(None) + Duration::from_secs(60)
+    }
+
+    pub(crate) fn releaser(&self) -> Result<&Releaser> {
+        if let Some(releaser) = self.inner.releaser.get() {
+            return Ok(releaser);
+        }
+        let weak: Weak<dyn Store> = Arc::downgrade(&self.inner.store);
+        let releaser = Releaser::start(weak).map_err(|source| Error::Thread {
+            thread: "background release",
+            source,
+        })?;
+        Ok(self.inner.releaser.get_or_init(|| releaser))
+    }
+
     pub(crate) fn store(&self) -> &dyn Store {
         self.inner.store.as_ref()
     }
@@ -302,19 +340,35 @@ pub(crate) fn transient(err: &OpError) -> bool {
 }
 
 fn own_pool<C: LockConnection>(config: &Config, target: &str) -> Arc<dyn Store> {
+    let suspect = Arc::new(Suspect::default());
+    let in_use = config.pool_max_size.max(2);
     let pool = Pool::builder()
-        .max_size(config.pool_max_size.max(2))
+        // Room for as many connections again, abandoned at a statement deadline and
+        // waiting for their sockets to fail (see `Permits`).
+        .max_size(in_use.saturating_mul(2))
         .min_idle(Some(0))
-        .test_on_check_out(false)
+        // No round trip: the manager only refuses connections of a suspect generation.
+        .test_on_check_out(true)
+        // A connection idle this long may have been forgotten by a NAT or a load
+        // balancer on the way (some drop idle flows after 350 s): close it first.
+        .idle_timeout(Some(POOL_IDLE_TIMEOUT))
         .connection_timeout(config.connect_timeout)
         .error_handler(Box::new(QuietErrors))
-        .build_unchecked(Manager::<C>::new(target));
+        .build_unchecked(Manager::<C>::new(target, Arc::clone(&suspect)));
+    let renewals = Manager::<C>::new(target, Arc::clone(&suspect));
     Arc::new(PoolStore::new(
         pool,
         &config.url,
         config.prepared_statements,
+        config.statement_timeout,
+        suspect,
+        Some(Box::new(move || renewals.connect())),
+        Some(in_use),
     ))
 }
+
+/// How long a connection of the handle's own pool may stay idle before it is closed.
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// r2d2 logs every failed background connect at error level; an outage is already
 /// reported by the operations that wait it out.

@@ -93,7 +93,7 @@ fn listen_loop(hub: &Hub, store: &Weak<dyn Store>) {
             return;
         }
         let connected = match store.upgrade() {
-            Some(store) => store.listener(),
+            Some(store) => store.listener(store.deadline(None)),
             None => return,
         };
         let mut listener = match connected {
@@ -188,7 +188,7 @@ fn serve(
             Probe::Due if busy && listening_since.elapsed() >= PROBE_AFTER => {
                 let payload = probe_payload();
                 let sent = match store.upgrade() {
-                    Some(store) => store.notify(&payload),
+                    Some(store) => store.notify(store.deadline(None), &payload),
                     None => return Served::ShutDown,
                 };
                 match sent {

@@ -119,7 +119,7 @@ impl Lock {
     pub fn acquire(self) -> Result<LockGuard, Error> {
         match self.error {
             Some(error) => Err(error),
-            None => self.builder.acquire(),
+            None => self.builder.pinned_to_thread().acquire(),
         }
     }
 }

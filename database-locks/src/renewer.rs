@@ -82,7 +82,7 @@ pub(crate) fn exit_on_loss(lost: &LostLock) {
 
 static EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
 
-fn to_nanos(at: Instant) -> u64 {
+pub(crate) fn to_nanos(at: Instant) -> u64 {
     u64::try_from(at.saturating_duration_since(*EPOCH).as_nanos()).unwrap_or(u64::MAX)
 }
 
@@ -405,21 +405,43 @@ fn renew_loop(shared: &Shared, store: &Weak<dyn Store>) {
                 schedule.renew_wake_at = None;
                 continue;
             }
-            due
+            let deadline = renewal_deadline(&schedule, &due, now);
+            (due, deadline)
         };
+        let (due, deadline) = due;
         let Some(store) = store.upgrade() else { return };
-        renew_batch(shared, store.as_ref(), &due);
+        renew_batch(shared, store.as_ref(), &due, deadline);
     }
 }
 
+/// The shortest deadline a renewal statement gets.
+const MIN_RENEW_DEADLINE: Duration = Duration::from_millis(100);
+
+/// When a renewal statement started at `now` must have answered: half the time left
+/// before the first lease of the handle (in the batch or not) must be given up, so that a
+/// second try on a fresh connection still fits, and so that a statement stuck on a silent
+/// connection delays no other lease's renewal by more than that.
+fn renewal_deadline(schedule: &Schedule, batch: &[Arc<LeaseState>], now: Instant) -> Instant {
+    let first_give_up = batch
+        .iter()
+        .chain(schedule.due.values())
+        .filter_map(|l| l.give_up_at())
+        .min();
+    let budget = first_give_up.map_or(IDLE_WAIT, |at| at.saturating_duration_since(now) / 2);
+    now + budget.max(MIN_RENEW_DEADLINE)
+}
+
 /// Renews `due` in one statement and applies each lease's outcome.
-fn renew_batch(shared: &Shared, store: &dyn Store, due: &[Arc<LeaseState>]) {
+fn renew_batch(shared: &Shared, store: &dyn Store, due: &[Arc<LeaseState>], deadline: Instant) {
     let sent = Instant::now();
     let leases: Vec<_> = due
         .iter()
-        .filter_map(|l| l.ttl.map(|ttl| (l.lease(), ttl)))
+        .filter_map(|l| {
+            l.ttl
+                .map(|ttl| (l.name.clone(), l.owner.clone(), l.token, ttl))
+        })
         .collect();
-    let outcome = store.renew(&leases);
+    let outcome = store.renew(store.deadline(Some(deadline)), leases);
     let mut schedule = shared.schedule.lock();
     schedule.in_flight.clear();
     for (index, lease) in due.iter().enumerate() {
@@ -494,7 +516,7 @@ mod tests {
     use std::sync::mpsc;
 
     use super::*;
-    use crate::backend::pool::OpError;
+    use crate::backend::pool::{OpError, RenewBatch};
     use crate::backend::{Attempt, Listener, LockInfo, Migration};
     use crate::config::BackendKind;
 
@@ -508,39 +530,48 @@ mod tests {
         fn kind(&self) -> BackendKind {
             BackendKind::Sqlite
         }
-        fn renew(&self, leases: &[(Lease<'_>, Duration)]) -> Result<Vec<bool>, OpError> {
-            let names = leases.iter().map(|(l, _)| l.name.to_owned()).collect();
+        fn statement_timeout(&self) -> Duration {
+            Duration::from_secs(5)
+        }
+        fn renew(&self, _: Instant, leases: RenewBatch) -> Result<Vec<bool>, OpError> {
+            let names = leases.iter().map(|(name, ..)| name.clone()).collect();
             let _ = self.batches.lock().send(names);
             Ok(leases
                 .iter()
-                .map(|(l, _)| !self.refuse.iter().any(|r| r == l.name))
+                .map(|(name, ..)| !self.refuse.iter().any(|r| r == name))
                 .collect())
         }
-        fn migrate(&self) -> Result<Migration, OpError> {
+        fn migrate(&self, _: Instant) -> Result<Migration, OpError> {
             unimplemented!()
         }
-        fn columns(&self) -> Result<Vec<String>, OpError> {
+        fn columns(&self, _: Instant) -> Result<Vec<String>, OpError> {
             unimplemented!()
         }
-        fn try_acquire(&self, _: &str, _: &str, _: Option<Duration>) -> Result<Attempt, OpError> {
+        fn try_acquire(
+            &self,
+            _: Instant,
+            _: &str,
+            _: &str,
+            _: Option<Duration>,
+        ) -> Result<Attempt, OpError> {
             unimplemented!()
         }
-        fn release(&self, _: Lease<'_>, _: Option<Duration>) -> Result<bool, OpError> {
+        fn release(&self, _: Instant, _: Lease<'_>, _: Option<Duration>) -> Result<bool, OpError> {
             unimplemented!()
         }
-        fn verify(&self, _: Lease<'_>) -> Result<bool, OpError> {
+        fn verify(&self, _: Instant, _: Lease<'_>) -> Result<bool, OpError> {
             unimplemented!()
         }
-        fn list(&self, _: Option<&str>) -> Result<Vec<LockInfo>, OpError> {
+        fn list(&self, _: Instant, _: Option<&str>) -> Result<Vec<LockInfo>, OpError> {
             unimplemented!()
         }
-        fn force_release(&self, _: &str) -> Result<bool, OpError> {
+        fn force_release(&self, _: Instant, _: &str) -> Result<bool, OpError> {
             unimplemented!()
         }
-        fn notify(&self, _: &str) -> Result<(), OpError> {
+        fn notify(&self, _: Instant, _: &str) -> Result<(), OpError> {
             unimplemented!()
         }
-        fn listener(&self) -> Option<Result<Box<dyn Listener>, OpError>> {
+        fn listener(&self, _: Instant) -> Option<Result<Box<dyn Listener>, OpError>> {
             None
         }
     }
