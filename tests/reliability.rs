@@ -7,11 +7,13 @@ mod common;
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{expect_line, helper, lines, run_sections, unique_name, wait_exit, Db, HELPER};
+use common::{
+    eventually, expect_line, helper, lines, run_sections, unique_name, wait_exit, Db, HELPER,
+};
 use database_locks::{BackendKind, Config, Error, Locks};
 use database_locks_testkit::on_each_backend;
 
@@ -67,10 +69,11 @@ fn crashed_holder_is_taken_over_after_its_lease(db: &Db) {
 }
 
 /// A TCP proxy the test can cut: existing connections are shut down and new ones are
-/// closed at once until it is restored.
+/// closed at once (and counted) until it is restored.
 struct Proxy {
     port: u16,
     cut: Arc<AtomicBool>,
+    refused: Arc<AtomicUsize>,
     streams: Arc<Mutex<Vec<TcpStream>>>,
 }
 
@@ -79,12 +82,14 @@ impl Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let cut = Arc::new(AtomicBool::new(false));
+        let refused = Arc::new(AtomicUsize::new(0));
         let streams = Arc::new(Mutex::new(Vec::new()));
-        let (c, s) = (Arc::clone(&cut), Arc::clone(&streams));
+        let (c, r, s) = (Arc::clone(&cut), Arc::clone(&refused), Arc::clone(&streams));
         std::thread::spawn(move || {
             for client in listener.incoming() {
                 let Ok(client) = client else { continue };
                 if c.load(Ordering::SeqCst) {
+                    r.fetch_add(1, Ordering::SeqCst);
                     let _ = client.shutdown(Shutdown::Both);
                     continue;
                 }
@@ -99,7 +104,12 @@ impl Proxy {
                 pipe(server, client);
             }
         });
-        Proxy { port, cut, streams }
+        Proxy {
+            port,
+            cut,
+            refused,
+            streams,
+        }
     }
 
     fn cut(&self) {
@@ -111,6 +121,11 @@ impl Proxy {
 
     fn restore(&self) {
         self.cut.store(false, Ordering::SeqCst);
+    }
+
+    /// Connections refused while cut.
+    fn refused(&self) -> usize {
+        self.refused.load(Ordering::SeqCst)
     }
 
     fn url(&self, db: &Db) -> String {
@@ -198,25 +213,66 @@ fn outage_longer_than_the_lease_is_reported_before_expiry(db: &Db) {
     second.release().unwrap();
 }
 
+/// An outage shorter than the lease that covers a renewal attempt: the holder's
+/// connection is cut right after it acquires, and the proxy stays cut until the holder has
+/// tried to reconnect (a refused connection: the holder does nothing but renew). Once it
+/// is restored, the lease is renewed with the same owner and token, to an expiry later
+/// than the one that stood during the outage (the database's clock); nobody else gets in,
+/// and the holder releases normally.
 fn outage_shorter_than_the_lease_loses_nothing(db: &Db) {
     let proxy = Proxy::start(server_port(db));
     let name = unique_name("blip");
-    // Renewal every 3 s with 3 s of margin: a 1 s outage right after acquiring is waited out.
-    let mut child = helper(&["watch", &proxy.url(db), &name, "6", "3", "8"])
+    // ttl 6 s, the first renewal 3 s after acquiring, then 2.5 s to get through.
+    let mut child = helper(&["watch", &proxy.url(db), &name, "6", "3", "stdin"])
+        .stdin(Stdio::piped())
         .spawn()
         .unwrap();
     let rx = lines(child.stdout.take().unwrap());
     let acquired = expect_line(&rx, "acquired", Duration::from_secs(30));
     proxy.cut();
-    std::thread::sleep(Duration::from_secs(1));
+    let cut = Instant::now();
+    // Nothing reaches the database from now on: this expiry stands until the proxy returns.
+    let during = db.row(&name).expect("the holder's row");
+    let attempted = eventually(Duration::from_secs(30), || proxy.refused() > 0);
+    let unchanged = db.row(&name);
     proxy.restore();
-    let locks = db.locks();
-    assert!(locks.lock(&name).try_acquire().unwrap().is_none());
+    let outage = cut.elapsed();
+    assert!(
+        attempted,
+        "the holder never tried to renew during the outage"
+    );
+    assert_eq!(
+        unchanged.as_ref(),
+        Some(&during),
+        "something reached the database through the cut proxy"
+    );
+    let stood = during.expires_at.expect("held");
+    let renewed = db.renewed_past(&name, stood, Duration::from_secs(30));
+    let said: Vec<String> = rx.try_iter().collect();
+    let renewed = renewed.unwrap_or_else(|e| {
+        panic!("not renewed after the outage ({during:?}): {e}; the holder said {said:?}")
+    });
+    println!(
+        "blip [{:?}]: outage of {:.2} s with {} refused reconnection(s); expiry {:.3} s \
+         later after it",
+        db.kind,
+        outage.as_secs_f64(),
+        proxy.refused(),
+        renewed.expires_at.unwrap_or(stood) as f64 / 1e6 - stood as f64 / 1e6
+    );
+    assert_eq!(renewed.token, during.token, "same token after the outage");
+    assert_eq!(
+        renewed.locked_by, during.locked_by,
+        "same owner after the outage"
+    );
+    assert!(!said.iter().any(|l| l.starts_with("lost")), "{said:?}");
+    assert!(db.locks().lock(&name).try_acquire().unwrap().is_none());
+    drop(child.stdin.take());
     let status = wait_exit(&mut child, Duration::from_secs(60));
     let rest: Vec<String> = rx.try_iter().collect();
     assert!(
         status.success(),
-        "holder exited {status} after {acquired:?}, then {rest:?}"
+        "holder exited {status} after {acquired:?}, then {said:?}, {rest:?}"
     );
     assert!(!rest.iter().any(|l| l.starts_with("lost")), "{rest:?}");
 }
