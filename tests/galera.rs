@@ -2,11 +2,13 @@
 //! the three nodes of the cluster that `scripts/galera start` runs. Node URLs come from
 //! `GALERA_URLS` (three, comma-separated), defaulting to that script's ports; a node that
 //! cannot be reached, or is not Synced in a cluster of three, fails the test and names its
-//! URL. Figures for docs/RELIABILITY.md: `cargo test --all-features --test galera --
+//! URL. One test goes through the HAProxy that `scripts/haproxy start` runs in front of
+//! the nodes (`HAPROXY_DATABASE_URL`); it fails, naming the URL, when that is not up.
+//! Figures for docs/RELIABILITY.md: `cargo test --all-features --test galera --
 //! --nocapture`.
 //!
-//! The tests take turns (`SERIAL`): one stops a node and starts it again, and the others
-//! measure contention that a parallel test would disturb.
+//! The tests take turns (`SERIAL`): some stop or isolate a node and bring it back, and the
+//! others measure contention that a parallel test would disturb.
 #![cfg(feature = "mysql")]
 
 mod common;
