@@ -2,17 +2,19 @@
 //! the three nodes of the cluster that `scripts/galera start` runs. Node URLs come from
 //! `GALERA_URLS` (three, comma-separated), defaulting to that script's ports; a node that
 //! cannot be reached, or is not Synced in a cluster of three, fails the test and names its
-//! URL. Figures for docs/RELIABILITY.md: `cargo test --all-features --test galera --
+//! URL. One test goes through the HAProxy that `scripts/haproxy start` runs in front of
+//! the nodes (`HAPROXY_DATABASE_URL`); it fails, naming the URL, when that is not up.
+//! Figures for docs/RELIABILITY.md: `cargo test --all-features --test galera --
 //! --nocapture`.
 //!
-//! The tests take turns (`SERIAL`): one stops a node and starts it again, and the others
-//! measure contention that a parallel test would disturb.
+//! The tests take turns (`SERIAL`): some stop or isolate a node and bring it back, and the
+//! others measure contention that a parallel test would disturb.
 #![cfg(feature = "mysql")]
 
 mod common;
 
 use std::net::{Shutdown, TcpListener, TcpStream};
-use std::process::{Child, Command};
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Barrier, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
@@ -706,8 +708,8 @@ impl Drop for Restore {
 }
 
 /// A `lock-helper watch` process holding `name` through `url` (`[ttl, renew, hold]` in
-/// seconds), once `observer` (another node) sees its row. Returns the process, its lines
-/// and its fencing token.
+/// seconds; hold `stdin`: until its stdin, piped, is closed), once `observer` (another
+/// node) sees its row. Returns the process, its lines and its fencing token.
 fn watching_holder(
     url: &str,
     name: &str,
@@ -715,6 +717,7 @@ fn watching_holder(
     observer: &Locks,
 ) -> (Child, mpsc::Receiver<String>, i64) {
     let mut child = helper(&["watch", url, name, ttl, renew, hold])
+        .stdin(Stdio::piped())
         .spawn()
         .unwrap();
     let rx = lines(child.stdout.take().unwrap());
@@ -840,7 +843,9 @@ fn failover_proxy(upstreams: Vec<u16>) -> u16 {
 
 /// The holder reaches the cluster through a proxy that prefers node 3 and falls back to
 /// node 1. Node 3 is shut down while it holds the lock: renewal reconnects through the
-/// proxy to node 1, where the row is, and the lock is kept.
+/// proxy to node 1, where the row is, and the lock is kept: same owner and token, and an
+/// expiry later than the one that stood once node 3 had stopped (absolute times by node
+/// 1's clock; every commit made through node 3 had reached node 1 by then).
 #[test]
 fn a_holder_behind_a_failover_proxy_keeps_its_lock_when_its_node_stops() {
     let cluster = cluster();
@@ -850,11 +855,9 @@ fn a_holder_behind_a_failover_proxy_keeps_its_lock_when_its_node_stops() {
         .url
         .replace(&format!(":{}/", port_of(&node3.url)), &format!(":{proxy}/"));
     let name = unique_name("galera-failover");
-    // Renewal every 3 s; 20 s held, so renewals run both before and after the failover
-    // even when the node takes several seconds to shut down on a loaded machine (with 10 s,
-    // the holder once released before the renewal through node 1 was seen).
+    // Renewal every 3 s; held until the test has seen a renewal through node 1.
     let observer = node1.locks();
-    let (mut child, rx, _) = watching_holder(&url, &name, ["6", "3", "20"], &observer);
+    let (child, rx, token) = watching_holder(&url, &name, ["6", "3", "stdin"], &observer);
     let mut restore = Restore { done: false };
     let stopping = Instant::now();
     shut_down(node3);
@@ -862,33 +865,214 @@ fn a_holder_behind_a_failover_proxy_keeps_its_lock_when_its_node_stops() {
         "failover [Galera]: node 3 stopped answering {:.1} s after SHUTDOWN",
         stopping.elapsed().as_secs_f64()
     );
-    let left_at_stop = observer
-        .inspect(&name)
-        .unwrap()
-        .unwrap()
-        .expires_in
-        .unwrap();
-    // A renewal through node 1 pushes the expiry out again.
-    assert!(
-        eventually(Duration::from_secs(15), || observer
-            .inspect(&name)
-            .unwrap()
-            .and_then(|r| r.expires_in)
-            .is_some_and(|left| left > left_at_stop + 1.0)),
-        "renewed through node 1 after node 3 stopped"
-    );
+    kept_through_another_node(node1, &name, token, &rx, "after node 3 stopped");
+    still_held_then_released(&observer, &name, child, &rx, "failover");
+    restore.now();
+}
+
+/// Others are still refused; then the holder, told to release (its stdin closed), exits
+/// with status 0 and no loss reported, and the row is released.
+fn still_held_then_released(
+    observer: &Locks,
+    name: &str,
+    mut child: Child,
+    rx: &mpsc::Receiver<String>,
+    label: &str,
+) {
     assert!(matches!(
-        attempt(&observer, &name),
+        attempt(observer, name),
         Outcome::Held | Outcome::Conflict
     ));
+    drop(child.stdin.take());
     let status = wait_exit(&mut child, Duration::from_secs(60));
     let rest: Vec<String> = rx.try_iter().collect();
-    println!("failover [Galera]: holder behind the proxy after node 3 stopped: {status}, {rest:?}");
+    println!("{label} [Galera]: the holder then: {status}, {rest:?}");
     assert!(status.success(), "holder exited {status}: {rest:?}");
     assert!(!rest.iter().any(|l| l.starts_with("lost")), "{rest:?}");
-    assert_eq!(
-        observer.inspect(&name).unwrap().unwrap().state(),
-        "released"
+    assert_eq!(observer.inspect(name).unwrap().unwrap().state(), "released");
+}
+
+/// Waits until `node` shows the lease of `name` renewed past the expiry it has now, by the
+/// same owner and token. Call it once the holder's node can no longer commit: a later
+/// expiry then proves a renewal through another node. Panics, with the holder's lines,
+/// when none comes within 30 s (a lease of these tests is shorter).
+fn kept_through_another_node(
+    node: &Db,
+    name: &str,
+    token: i64,
+    holder: &mpsc::Receiver<String>,
+    when: &str,
+) {
+    let renewal = node.next_renewal(name, Duration::from_secs(30));
+    let said: Vec<String> = holder.try_iter().collect();
+    let (before, after) = renewal.unwrap_or_else(|e| {
+        panic!("not renewed through another node {when}: {e}; the holder said {said:?}")
+    });
+    println!(
+        "[Galera] renewed through another node {when}: expiry {:.3} s later",
+        after.expires_at.unwrap_or_default() as f64 / 1e6
+            - before.expires_at.unwrap_or_default() as f64 / 1e6
     );
-    restore.now();
+    assert_eq!(before.token, token, "nobody else got in {when}");
+    assert_eq!(after.token, token, "same token after the renewal");
+    assert_eq!(
+        after.locked_by, before.locked_by,
+        "same owner after the renewal"
+    );
+    assert!(
+        !said.iter().any(|l| l.starts_with("lost")),
+        "the holder reported a loss: {said:?}"
+    );
+}
+
+/// HAProxy in front of the cluster (`scripts/haproxy start`): `HAPROXY_DATABASE_URL`
+/// overrides it.
+const HAPROXY_DEFAULT: &str = "mysql://root@127.0.0.1:23316/test";
+
+/// The SQL port of the node that answers a new connection to `url`.
+fn served_by(url: &str) -> Result<u16, String> {
+    #[derive(QueryableByName)]
+    struct Port {
+        #[diesel(sql_type = BigInt)]
+        n: i64,
+    }
+    let mut conn = MysqlConnection::establish(url).map_err(|e| e.to_string())?;
+    let port: Port = diesel::sql_query("SELECT CAST(@@port AS SIGNED) AS n")
+        .get_result(&mut conn)
+        .map_err(|e| e.to_string())?;
+    u16::try_from(port.n).map_err(|e| e.to_string())
+}
+
+/// `wsrep_cluster_status` of one node (`Primary`, `non-Primary`, ...). `SHOW`, because a
+/// node outside the Primary component refuses other reads (error 1047).
+fn cluster_status(url: &str) -> Result<String, String> {
+    #[derive(QueryableByName)]
+    struct Status {
+        #[diesel(sql_type = Text, column_name = Value)]
+        value: String,
+    }
+    let mut conn = MysqlConnection::establish(url).map_err(|e| e.to_string())?;
+    let status: Status = diesel::sql_query("SHOW GLOBAL STATUS LIKE 'wsrep_cluster_status'")
+        .get_result(&mut conn)
+        .map_err(|e| e.to_string())?;
+    Ok(status.value)
+}
+
+/// One node cut off from the other two (`gmcast.isolate=1`): it closes its group
+/// connections and, once the others' suspect timeout (5 s) has passed, is alone outside
+/// the Primary component, refusing statements with error 1047 while its clients stay
+/// connected. The node rejoins when dropped (`gmcast.isolate=0`, IST), and is restarted
+/// when it does not, so the cluster is left with three Synced nodes.
+struct Isolated<'a> {
+    cluster: &'a Cluster,
+    node: usize,
+    done: bool,
+}
+
+impl<'a> Isolated<'a> {
+    fn start(cluster: &'a Cluster, node: usize) -> Self {
+        cluster.nodes[node].exec("SET GLOBAL wsrep_provider_options = 'gmcast.isolate=1'");
+        Isolated {
+            cluster,
+            node,
+            done: false,
+        }
+    }
+
+    fn all_synced(&self) -> bool {
+        self.cluster.nodes.iter().all(|n| {
+            wsrep(&n.url).is_ok_and(|w| w.size == 3 && w.state == "Synced")
+                && cluster_status(&n.url).is_ok_and(|s| s == "Primary")
+        })
+    }
+
+    fn rejoin(&mut self) -> Result<(), String> {
+        self.done = true;
+        let node = &self.cluster.nodes[self.node];
+        let back = node
+            .try_exec("SET GLOBAL wsrep_provider_options = 'gmcast.isolate=0'")
+            .is_ok()
+            && eventually(Duration::from_secs(60), || self.all_synced());
+        if back {
+            return Ok(());
+        }
+        eprintln!("{} did not rejoin: restarting it", node.url);
+        let _ = node.try_exec("SHUTDOWN");
+        if !eventually(Duration::from_secs(120), || {
+            node.try_exec("SELECT 1").is_err()
+        }) {
+            return Err(format!("{} still answers after SHUTDOWN", node.url));
+        }
+        Restore::run()
+    }
+}
+
+impl Drop for Isolated<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            if let Err(e) = self.rejoin() {
+                eprintln!("could not restore the cluster: {e}");
+            }
+        }
+    }
+}
+
+/// The holder reaches the cluster through HAProxy as Galera users deploy it
+/// (scripts/haproxy): all connections to node 3, nodes 1 and 2 as backups, a health check
+/// that takes a node out once it is not Primary and Synced, and sessions left open on a
+/// node marked down (no `on-marked-down shutdown-sessions`). Node 3 leaves the Primary
+/// component while the process holds the lock. Its connection stays up, but every
+/// statement on it fails with 1047; the renewal must drop that connection so that the new
+/// one HAProxy opens reaches node 1. The lock is kept: same owner and token, and an expiry
+/// later than the one that stood once node 3 was out (absolute times by node 1's clock).
+/// Before connections were dropped on 1047, renewal retried on the dead session until the
+/// lease was reported lost.
+#[test]
+fn a_holder_behind_haproxy_keeps_its_lock_when_its_node_leaves_the_primary_component() {
+    let cluster = cluster();
+    let (node1, node3) = (&cluster.nodes[0], &cluster.nodes[2]);
+    let haproxy = Db::mysql_at(&common::env_url("HAPROXY_DATABASE_URL", HAPROXY_DEFAULT));
+    // Node 3 may have rejoined moments ago; HAProxy takes it back after two checks.
+    assert!(
+        eventually(Duration::from_secs(30), || served_by(&haproxy.url)
+            == Ok(port_of(&node3.url))),
+        "{} does not lead to node 3 ({:?}); run scripts/haproxy start",
+        haproxy.url,
+        served_by(&haproxy.url)
+    );
+    let name = unique_name("galera-haproxy");
+    let observer = node1.locks();
+    // Renewal every 5 s, with 14.5 s to get through: the other nodes take 5 s (Galera's
+    // suspect timeout) to leave node 3 out, and HAProxy about 1 s more to mark it down.
+    let (child, rx, token) = watching_holder(&haproxy.url, &name, ["20", "15", "stdin"], &observer);
+    let isolating = Instant::now();
+    let mut isolated = Isolated::start(&cluster, 2);
+    assert!(
+        eventually(Duration::from_secs(60), || cluster_status(&node3.url)
+            .is_ok_and(|s| s != "Primary")),
+        "node 3 did not leave the Primary component ({:?})",
+        cluster_status(&node3.url)
+    );
+    println!(
+        "HAProxy [Galera]: node 3 out of the Primary component {:.1} s after the isolation",
+        isolating.elapsed().as_secs_f64()
+    );
+    kept_through_another_node(
+        node1,
+        &name,
+        token,
+        &rx,
+        "after node 3 left the Primary component",
+    );
+    println!(
+        "HAProxy [Galera]: new connections now reach port {:?}",
+        served_by(&haproxy.url)
+    );
+    still_held_then_released(&observer, &name, child, &rx, "HAProxy");
+    let rejoining = Instant::now();
+    isolated.rejoin().unwrap();
+    println!(
+        "HAProxy [Galera]: node 3 rejoined and Synced in {:.1} s",
+        rejoining.elapsed().as_secs_f64()
+    );
 }

@@ -297,6 +297,8 @@ fn status_file_shows_each_state(db: &Db) {
     assert_eq!(read(), "0", "idle before acquiring");
     let name = unique_name("status");
     let holder = db.locks().lock(&name).acquire().unwrap();
+    // The waiter keeps the lock until the test has seen "2", however long that takes.
+    let (seen, until_seen) = mpsc::channel::<()>();
     let waiter = {
         let (locks, name) = (locks.clone(), name.clone());
         std::thread::spawn(move || {
@@ -305,7 +307,7 @@ fn status_file_shows_each_state(db: &Db) {
                 .retry(Some(Duration::from_millis(50)))
                 .acquire()
                 .unwrap();
-            std::thread::sleep(Duration::from_millis(300));
+            let _ = until_seen.recv();
             drop(guard);
         })
     };
@@ -320,6 +322,7 @@ fn status_file_shows_each_state(db: &Db) {
         "2 while held, saw {:?}",
         read()
     );
+    drop(seen);
     waiter.join().unwrap();
     assert_eq!(read(), "0", "0 after release");
 }

@@ -7,11 +7,13 @@ mod common;
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{expect_line, helper, lines, run_sections, unique_name, wait_exit, Db, HELPER};
+use common::{
+    eventually, expect_line, helper, lines, run_sections, unique_name, wait_exit, Db, HELPER,
+};
 use database_locks::{BackendKind, Config, Error, Locks};
 use database_locks_testkit::on_each_backend;
 
@@ -32,6 +34,9 @@ fn crashed_holder_is_taken_over_after_its_lease(db: &Db) {
     child.kill().unwrap();
     let killed = Instant::now();
     child.wait().unwrap();
+    // The dead holder's lease ends at this expiry (the database's clock).
+    let dead = db.row(&name).expect("the dead holder's row");
+    let ended = dead.expires_at.expect("held");
     let left = locks.inspect(&name).unwrap().unwrap().expires_in.unwrap();
     assert!(left > 0.0, "the lease was live when the holder died");
     // While the dead holder's lease runs, nobody gets in.
@@ -47,30 +52,43 @@ fn crashed_holder_is_taken_over_after_its_lease(db: &Db) {
         refused += 1;
         std::thread::sleep(Duration::from_millis(50));
     }
+    let ttl = Duration::from_secs(30);
     let guard = locks
         .lock(&name)
+        .lock_ttl(Some(ttl))
         .timeout(Duration::from_secs(30))
         .acquire()
         .unwrap();
     let delay = killed.elapsed();
+    // When the takeover's statement ran, by the database's clock: its expiry minus its ttl.
+    let taken = db.row(&name).expect("the row");
+    assert_eq!(taken.token, dead.token + 1, "{dead:?} then {taken:?}");
+    let taken_at = taken.expires_at.expect("held") - ttl.as_micros() as i64;
     println!(
-        "crash [{:?}]: lease had {left:.3} s left at the kill; taken over after {:.3} s; {refused} attempts refused before",
+        "crash [{:?}]: lease had {left:.3} s left at the kill; taken over after {:.3} s, \
+         {:.3} ms after the lease ended by the database's clock; {refused} attempts refused \
+         before",
         db.kind,
-        delay.as_secs_f64()
+        delay.as_secs_f64(),
+        (taken_at - ended) as f64 / 1e3
     );
+    // PostgreSQL reads clock_timestamp() for the new expiry a few µs before the one its
+    // WHERE compares with the old expiry; MySQL and SQLite use one "now" per statement.
     assert!(
-        delay.as_secs_f64() + 0.05 >= left,
-        "taken over before the lease ended"
+        taken_at > ended - 1_000,
+        "taken over {} µs before the lease ended",
+        ended - taken_at
     );
     assert!(refused > 0);
     guard.release().unwrap();
 }
 
 /// A TCP proxy the test can cut: existing connections are shut down and new ones are
-/// closed at once until it is restored.
+/// closed at once (and counted) until it is restored.
 struct Proxy {
     port: u16,
     cut: Arc<AtomicBool>,
+    refused: Arc<AtomicUsize>,
     streams: Arc<Mutex<Vec<TcpStream>>>,
 }
 
@@ -79,12 +97,14 @@ impl Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let cut = Arc::new(AtomicBool::new(false));
+        let refused = Arc::new(AtomicUsize::new(0));
         let streams = Arc::new(Mutex::new(Vec::new()));
-        let (c, s) = (Arc::clone(&cut), Arc::clone(&streams));
+        let (c, r, s) = (Arc::clone(&cut), Arc::clone(&refused), Arc::clone(&streams));
         std::thread::spawn(move || {
             for client in listener.incoming() {
                 let Ok(client) = client else { continue };
                 if c.load(Ordering::SeqCst) {
+                    r.fetch_add(1, Ordering::SeqCst);
                     let _ = client.shutdown(Shutdown::Both);
                     continue;
                 }
@@ -99,7 +119,12 @@ impl Proxy {
                 pipe(server, client);
             }
         });
-        Proxy { port, cut, streams }
+        Proxy {
+            port,
+            cut,
+            refused,
+            streams,
+        }
     }
 
     fn cut(&self) {
@@ -111,6 +136,11 @@ impl Proxy {
 
     fn restore(&self) {
         self.cut.store(false, Ordering::SeqCst);
+    }
+
+    /// Connections refused while cut.
+    fn refused(&self) -> usize {
+        self.refused.load(Ordering::SeqCst)
     }
 
     fn url(&self, db: &Db) -> String {
@@ -198,25 +228,66 @@ fn outage_longer_than_the_lease_is_reported_before_expiry(db: &Db) {
     second.release().unwrap();
 }
 
+/// An outage shorter than the lease that covers a renewal attempt: the holder's
+/// connection is cut right after it acquires, and the proxy stays cut until the holder has
+/// tried to reconnect (a refused connection: the holder does nothing but renew). Once it
+/// is restored, the lease is renewed with the same owner and token, to an expiry later
+/// than the one that stood during the outage (the database's clock); nobody else gets in,
+/// and the holder releases normally.
 fn outage_shorter_than_the_lease_loses_nothing(db: &Db) {
     let proxy = Proxy::start(server_port(db));
     let name = unique_name("blip");
-    // Renewal every 3 s with 3 s of margin: a 1 s outage right after acquiring is waited out.
-    let mut child = helper(&["watch", &proxy.url(db), &name, "6", "3", "8"])
+    // ttl 6 s, the first renewal 3 s after acquiring, then 2.5 s to get through.
+    let mut child = helper(&["watch", &proxy.url(db), &name, "6", "3", "stdin"])
+        .stdin(Stdio::piped())
         .spawn()
         .unwrap();
     let rx = lines(child.stdout.take().unwrap());
     let acquired = expect_line(&rx, "acquired", Duration::from_secs(30));
     proxy.cut();
-    std::thread::sleep(Duration::from_secs(1));
+    let cut = Instant::now();
+    // Nothing reaches the database from now on: this expiry stands until the proxy returns.
+    let during = db.row(&name).expect("the holder's row");
+    let attempted = eventually(Duration::from_secs(30), || proxy.refused() > 0);
+    let unchanged = db.row(&name);
     proxy.restore();
-    let locks = db.locks();
-    assert!(locks.lock(&name).try_acquire().unwrap().is_none());
+    let outage = cut.elapsed();
+    assert!(
+        attempted,
+        "the holder never tried to renew during the outage"
+    );
+    assert_eq!(
+        unchanged.as_ref(),
+        Some(&during),
+        "something reached the database through the cut proxy"
+    );
+    let stood = during.expires_at.expect("held");
+    let renewed = db.renewed_past(&name, stood, Duration::from_secs(30));
+    let said: Vec<String> = rx.try_iter().collect();
+    let renewed = renewed.unwrap_or_else(|e| {
+        panic!("not renewed after the outage ({during:?}): {e}; the holder said {said:?}")
+    });
+    println!(
+        "blip [{:?}]: outage of {:.2} s with {} refused reconnection(s); expiry {:.3} s \
+         later after it",
+        db.kind,
+        outage.as_secs_f64(),
+        proxy.refused(),
+        renewed.expires_at.unwrap_or(stood) as f64 / 1e6 - stood as f64 / 1e6
+    );
+    assert_eq!(renewed.token, during.token, "same token after the outage");
+    assert_eq!(
+        renewed.locked_by, during.locked_by,
+        "same owner after the outage"
+    );
+    assert!(!said.iter().any(|l| l.starts_with("lost")), "{said:?}");
+    assert!(db.locks().lock(&name).try_acquire().unwrap().is_none());
+    drop(child.stdin.take());
     let status = wait_exit(&mut child, Duration::from_secs(60));
     let rest: Vec<String> = rx.try_iter().collect();
     assert!(
         status.success(),
-        "holder exited {status} after {acquired:?}, then {rest:?}"
+        "holder exited {status} after {acquired:?}, then {said:?}, {rest:?}"
     );
     assert!(!rest.iter().any(|l| l.starts_with("lost")), "{rest:?}");
 }

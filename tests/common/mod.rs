@@ -282,6 +282,104 @@ impl Db {
     }
 }
 
+/// A lock's row as stored, read on a fresh connection. `expires_at` is absolute (the
+/// database's clock), so readings taken at different moments compare; two "time left"
+/// readings do not, since each is taken at its own moment.
+#[derive(Debug, Clone, PartialEq, diesel::QueryableByName)]
+pub struct Row {
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Text>)]
+    pub locked_by: Option<String>,
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    pub token: i64,
+    /// Microseconds since 1970-01-01 UTC; `None` when released.
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::BigInt>)]
+    pub expires_at: Option<i64>,
+}
+
+impl Db {
+    /// The row of `name`, if any. On Galera the read waits until the node has applied
+    /// what the cluster committed before it (`wsrep_sync_wait`).
+    pub fn row(&self, name: &str) -> Option<Row> {
+        self.try_row(name)
+            .unwrap_or_else(|e| panic!("reading {name} on {}: {e}", self.url))
+    }
+
+    /// The row of `name` now, then the first row read within `within` whose expiry is later
+    /// than now's: a renewal written after this call. `Err` names the rows when none came.
+    pub fn next_renewal(&self, name: &str, within: Duration) -> Result<(Row, Row), String> {
+        let before = self.row(name).ok_or_else(|| format!("no row {name}"))?;
+        let stood = before
+            .expires_at
+            .ok_or_else(|| format!("{name} is released"))?;
+        let renewed = self.renewed_past(name, stood, within)?;
+        Ok((before, renewed))
+    }
+
+    /// The first row of `name` read within `within` whose expiry is later than `stood`
+    /// (microseconds, as in [`Row`]). `Err` names the last row seen when none came.
+    pub fn renewed_past(&self, name: &str, stood: i64, within: Duration) -> Result<Row, String> {
+        let mut last = None;
+        if eventually(within, || {
+            last = self.row(name);
+            last.as_ref()
+                .is_some_and(|r| r.expires_at.is_some_and(|at| at > stood))
+        }) {
+            last.ok_or_else(|| format!("no row {name}"))
+        } else {
+            Err(format!(
+                "the expiry stayed at or before {stood} µs for {within:?}; last {last:?}"
+            ))
+        }
+    }
+
+    pub fn try_row(&self, name: &str) -> Result<Option<Row>, String> {
+        #[allow(unused_imports)]
+        use diesel::{connection::SimpleConnection, Connection, RunQueryDsl};
+        let expires_at = match self.kind {
+            BackendKind::Postgres => "CAST(EXTRACT(EPOCH FROM expires_at) * 1000000 AS bigint)",
+            BackendKind::Mysql => {
+                "CAST(TIMESTAMPDIFF(MICROSECOND, '1970-01-01 00:00:00', expires_at) AS SIGNED)"
+            }
+            // Stored as `2026-11-26 10:59:52.711000`.
+            _ => {
+                "CAST(strftime('%s', expires_at) AS INTEGER) * 1000000 \
+                 + CAST(substr(expires_at, 21, 6) AS INTEGER)"
+            }
+        };
+        let sql = format!(
+            "SELECT locked_by, token, {expires_at} AS expires_at FROM database_locks_lock \
+             WHERE name = '{name}'"
+        );
+        let rows: Vec<Row> = match self.kind {
+            #[cfg(feature = "sqlite")]
+            BackendKind::Sqlite => {
+                let mut c =
+                    diesel::SqliteConnection::establish(&self.url).map_err(|e| e.to_string())?;
+                diesel::sql_query(sql).load(&mut c)
+            }
+            #[cfg(feature = "postgres")]
+            BackendKind::Postgres => {
+                let mut c =
+                    diesel::PgConnection::establish(&self.url).map_err(|e| e.to_string())?;
+                diesel::sql_query(sql).load(&mut c)
+            }
+            #[cfg(feature = "mysql")]
+            BackendKind::Mysql => {
+                let mut c =
+                    diesel::MysqlConnection::establish(&self.url).map_err(|e| e.to_string())?;
+                // Plain MariaDB accepts the setting and ignores it; MySQL does not know it.
+                let _ =
+                    c.batch_execute("SET SESSION wsrep_sync_wait = @@global.wsrep_sync_wait | 1");
+                diesel::sql_query(sql).load(&mut c)
+            }
+            #[allow(unreachable_patterns)]
+            other => panic!("backend {other:?} is not compiled in"),
+        }
+        .map_err(|e| e.to_string())?;
+        Ok(rows.into_iter().next())
+    }
+}
+
 // Driving the `lock-helper` binary from multi-process tests.
 
 use std::io::{BufRead, BufReader};

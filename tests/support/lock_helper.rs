@@ -10,8 +10,9 @@
 //! ```
 //! Settings other than the URL come from the environment (`Config::from_env_with_url`), e.g.
 //! `DATABASE_LOCKS_TRANSACTION_POOLING=true` behind PgBouncer.
-//! Times are seconds (fractions allowed). Lines on stdout: `acquired TOKEN`, `renewing`,
-//! `lost REASON`, `released`, `held HOLDER`.
+//! Times are seconds (fractions allowed); HOLD may also be `stdin`: hold until stdin
+//! closes, so a test releases once it has seen what it waits for. Lines on stdout:
+//! `acquired TOKEN`, `renewing`, `lost REASON`, `released`, `held HOLDER`.
 
 use std::fs::OpenOptions;
 use std::io::Write;
@@ -87,7 +88,11 @@ fn hold(url: &str, name: &str, ttl: &str, renew: &str, hold: &str, watch: bool) 
         }
     };
     say(&format!("acquired {}", guard.token().unwrap_or_default()));
-    std::thread::sleep(secs(hold));
+    if hold == "stdin" {
+        let _ = std::io::Read::read_to_end(&mut std::io::stdin(), &mut Vec::new());
+    } else {
+        std::thread::sleep(secs(hold));
+    }
     let lost = guard.is_lost();
     match guard.release() {
         Ok(()) if !lost => {

@@ -235,7 +235,9 @@ pub(crate) fn classify<C: LockConnection>(error: &DieselError) -> Failure {
     }
 }
 
-/// Whether the error means this connection should not be reused.
+/// Whether the error means this connection should not be reused: its transport failed, or
+/// the server behind it will refuse every statement from now on, so only a new connection
+/// (which a proxy may send to another server) can get through.
 pub(crate) fn breaks_connection(error: &DieselError) -> bool {
     match error {
         DieselError::DatabaseError(
@@ -244,7 +246,7 @@ pub(crate) fn breaks_connection(error: &DieselError) -> bool {
         ) => true,
         DieselError::DatabaseError(_, info) => {
             let m = info.message().to_ascii_lowercase();
-            [
+            let transport = [
                 "terminat",
                 "server closed",
                 "gone away",
@@ -253,7 +255,10 @@ pub(crate) fn breaks_connection(error: &DieselError) -> bool {
                 "no connection",
             ]
             .iter()
-            .any(|needle| m.contains(needle))
+            .any(|needle| m.contains(needle));
+            #[cfg(feature = "mysql")]
+            let transport = transport || mysql::unusable_session_message(&m);
+            transport
         }
         DieselError::BrokenTransactionManager => true,
         _ => false,
@@ -367,5 +372,65 @@ pub(crate) fn migration_outcome(before: &[String]) -> Migration {
         Migration::UpToDate
     } else {
         Migration::Upgraded
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{breaks_connection, Failure};
+    use diesel::result::{DatabaseErrorKind, Error};
+
+    fn database_error(kind: DatabaseErrorKind, message: &str) -> Error {
+        Error::DatabaseError(kind, Box::new(message.to_owned()))
+    }
+
+    #[test]
+    fn transport_failures_break_the_connection() {
+        for message in [
+            "server closed the connection unexpectedly",
+            "MySQL server has gone away",
+            "Lost connection to server during query",
+        ] {
+            let error = database_error(DatabaseErrorKind::Unknown, message);
+            assert!(breaks_connection(&error), "{message}");
+        }
+        for other in [
+            database_error(DatabaseErrorKind::SerializationFailure, "Deadlock found"),
+            database_error(DatabaseErrorKind::UniqueViolation, "Duplicate entry"),
+            Error::NotFound,
+        ] {
+            assert!(!breaks_connection(&other), "{other}");
+        }
+    }
+
+    /// A MariaDB that is shutting down (1053) or a Galera node outside the Primary
+    /// component (1047, and 1180 for the commit under way when it left) refuses every
+    /// statement of the session: the connection is dropped, and the failure stays
+    /// transient, so renewal retries on a new connection.
+    #[cfg(feature = "mysql")]
+    #[test]
+    fn a_server_that_refuses_the_session_breaks_the_connection() {
+        use super::classify;
+        use diesel::MysqlConnection;
+        for message in [
+            "Server shutdown in progress",
+            "WSREP has not yet prepared node for application use",
+            "Error while appending streaming replication fragment(provider status: Not \
+             connected to Primary Component)",
+        ] {
+            let error = database_error(DatabaseErrorKind::Unknown, message);
+            assert!(breaks_connection(&error), "{message}");
+            assert_eq!(
+                classify::<MysqlConnection>(&error),
+                Failure::Transient,
+                "{message}"
+            );
+        }
+        // A certification conflict is lost by this statement only: the session is fine.
+        let conflict = database_error(
+            DatabaseErrorKind::SerializationFailure,
+            "WSREP detected deadlock/conflict and aborted the transaction. Try restarting the transaction",
+        );
+        assert!(!breaks_connection(&conflict));
     }
 }

@@ -299,6 +299,9 @@ impl LockConnection for MysqlConnection {
             "server shutdown",
             "wsrep",
             "try restarting transaction",
+            // Galera: the node left the Primary component during the commit (1180, "Error
+            // while appending streaming replication fragment(provider status: ...)").
+            "not connected to primary component",
             "query execution was interrupted",
             // MariaDB 10.11 gives the loser of two concurrent inserts of one new name
             // error 1467 instead of a duplicate key (reproduced here).
@@ -311,4 +314,20 @@ impl LockConnection for MysqlConnection {
     fn missing_table_message(message: &str) -> bool {
         message.contains("database_locks_lock") && message.contains("doesn't exist")
     }
+}
+
+/// Errors after which the server refuses every statement of this session, though the
+/// connection itself is fine: 1053 (the server is shutting down), 1047 (a Galera node
+/// outside the Primary component, or not yet synced) and the 1180 a Galera node gives a
+/// commit when it leaves the Primary component. Behind a proxy (HAProxy, ProxySQL) only a
+/// new connection can reach another node, so the connection is dropped; `message` is in
+/// lower case.
+pub(super) fn unusable_session_message(message: &str) -> bool {
+    [
+        "server shutdown in progress",
+        "wsrep has not yet prepared node",
+        "not connected to primary component",
+    ]
+    .iter()
+    .any(|needle| message.contains(needle))
 }
