@@ -198,7 +198,8 @@ fn wait(url: &str, name: &str, retry: &str) -> ExitCode {
 /// leases renewed every 50 ms (a loss is printed, not fatal), a waiter (so the listener has a connection), THREADS threads
 /// that take and release locks, and, on PostgreSQL, a thread that terminates the handle's
 /// sessions every few milliseconds so that r2d2's workers keep opening new connections.
-/// Main releases its locks at a random moment within MAX_MS, prints `released`, and returns.
+/// Main releases its locks at a random moment within MAX_MS, terminates the sessions once
+/// more, prints `released`, and returns.
 fn exit_race(url: &str, threads: u32, max_ms: u64) -> ExitCode {
     let pid = std::process::id();
     let tag = format!("exit-race-{pid}");
@@ -255,8 +256,12 @@ fn exit_race(url: &str, threads: u32, max_ms: u64) -> ExitCode {
         });
     }
     #[cfg(feature = "postgres")]
+    let mut last_kill = None;
+    #[cfg(feature = "postgres")]
     if url.starts_with("postgres") {
-        let url = url.to_owned();
+        use diesel::Connection;
+        last_kill = diesel::PgConnection::establish(url).ok();
+        let (url, tag) = (url.to_owned(), tag.clone());
         std::thread::spawn(move || terminate_sessions(&url, &tag));
     }
 
@@ -272,19 +277,32 @@ fn exit_race(url: &str, threads: u32, max_ms: u64) -> ExitCode {
             failed += 1;
         }
     }
+    // Every pooled connection broken at once: the threads' next operations send r2d2's
+    // workers into TLS handshakes; `exit` comes within the next 4 ms.
+    #[cfg(feature = "postgres")]
+    if let Some(conn) = last_kill.as_mut() {
+        let _ = terminate(conn, &tag);
+        std::thread::sleep(Duration::from_micros((seed >> 32) % 4000));
+    }
     say(&format!("released ({failed} errors)"));
     ExitCode::SUCCESS
+}
+
+#[cfg(feature = "postgres")]
+fn terminate(conn: &mut diesel::PgConnection, tag: &str) -> diesel::QueryResult<usize> {
+    use diesel::RunQueryDsl;
+    diesel::sql_query(format!(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+          WHERE application_name = '{tag}' AND pid <> pg_backend_pid()"
+    ))
+    .execute(conn)
 }
 
 /// Terminates every session named `tag` but its own, again and again, from a connection of
 /// its own (TLS like the others).
 #[cfg(feature = "postgres")]
 fn terminate_sessions(url: &str, tag: &str) {
-    use diesel::{Connection, RunQueryDsl};
-    let sql = format!(
-        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
-          WHERE application_name = '{tag}' AND pid <> pg_backend_pid()"
-    );
+    use diesel::Connection;
     let mut seed = u64::from(std::process::id()) | 1;
     loop {
         if let Ok(mut conn) = diesel::PgConnection::establish(url) {
@@ -293,7 +311,7 @@ fn terminate_sessions(url: &str, tag: &str) {
                 seed ^= seed >> 7;
                 seed ^= seed << 17;
                 std::thread::sleep(Duration::from_millis(5 + seed % 20));
-                if diesel::sql_query(&sql).execute(&mut conn).is_err() {
+                if terminate(&mut conn, tag).is_err() {
                     break;
                 }
             }
