@@ -32,7 +32,11 @@
 //! # Features
 //!
 //! - `sqlite` (default): bundled SQLite, no server or system library needed.
-//! - `postgres`: PostgreSQL through libpq.
+//! - `postgres`: PostgreSQL through libpq. The first [`Locks`] initialises OpenSSL (through
+//!   `openssl-sys`, the system's library that libpq uses) without its exit-time cleanup,
+//!   which crashed processes that exited while a thread was opening a TLS connection.
+//!   Create it before the application's own first PostgreSQL connection: OpenSSL settles
+//!   this at its first initialisation.
 //! - `mysql`: MySQL and MariaDB through libmysqlclient.
 #![warn(missing_docs, missing_debug_implementations, rust_2018_idioms)]
 #![forbid(unsafe_code)]

@@ -69,6 +69,8 @@ impl Locks {
     /// A handle on the database `config` names. Connects lazily: a bad URL is an error
     /// here, an unreachable database at the first lock.
     pub fn new(config: Config) -> Result<Self> {
+        #[cfg(feature = "postgres")]
+        crate::backend::postgres::init_tls();
         let (kind, target) = config.target()?;
         let store: Arc<dyn Store> = match kind {
             #[cfg(feature = "postgres")]
@@ -111,6 +113,8 @@ impl Locks {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn from_pool<C: LockConnection>(pool: Pool<ConnectionManager<C>>, config: Config) -> Self {
+        #[cfg(feature = "postgres")]
+        crate::backend::postgres::init_tls();
         let store = Arc::new(PoolStore::new(
             pool,
             &config.url,

@@ -7,6 +7,7 @@
 //! lock-helper try URL NAME                        one attempt: exit 0 acquired, 3 held
 //! lock-helper cs URL NAME COUNT DIR               COUNT critical sections (see `sections`)
 //! lock-helper wait URL NAME RETRY                 waits (polling every RETRY), then releases
+//! lock-helper exit-race URL THREADS MAX_MS         busy background threads, then returns from main
 //! ```
 //! Settings other than the URL come from the environment (`Config::from_env_with_url`), e.g.
 //! `DATABASE_LOCKS_TRANSACTION_POOLING=true` behind PgBouncer.
@@ -62,6 +63,11 @@ fn main() -> ExitCode {
             }
         },
         ["wait", url, name, retry] => wait(url, name, retry),
+        ["exit-race", url, threads, max_ms] => exit_race(
+            url,
+            threads.parse().expect("threads"),
+            max_ms.parse().expect("milliseconds"),
+        ),
         ["cs", url, name, count, dir] => {
             sections(url, name, count.parse().expect("count"), Path::new(dir))
         }
@@ -189,5 +195,132 @@ fn wait(url: &str, name: &str, retry: &str) -> ExitCode {
             say(&format!("error {err}"));
             ExitCode::from(1)
         }
+    }
+}
+
+/// Returns from `main` (a normal `exit`, with its atexit handlers and library destructors)
+/// while every kind of background thread the library has is busy with the database:
+/// leases renewed every 50 ms (a loss is printed, not fatal), a waiter (so the listener has a connection), THREADS threads
+/// that take and release locks, and, on PostgreSQL, a thread that terminates the handle's
+/// sessions every few milliseconds so that r2d2's workers keep opening new connections.
+/// Main releases its locks at a random moment within MAX_MS, terminates the sessions once
+/// more, prints `released`, and returns.
+fn exit_race(url: &str, threads: u32, max_ms: u64) -> ExitCode {
+    let pid = std::process::id();
+    let tag = format!("exit-race-{pid}");
+    let tagged = if url.starts_with("postgres") {
+        let sep = if url.contains('?') { '&' } else { '?' };
+        format!("{url}{sep}application_name={tag}")
+    } else {
+        url.to_owned()
+    };
+    let config = Config::from_env_with_url(tagged)
+        .unwrap_or_else(|e| panic!("settings: {e}"))
+        .pool_max_size(threads + 4);
+    let locks = Locks::new(config).unwrap_or_else(|e| panic!("handle for {url}: {e}"));
+    let name = |what: &str| format!("exit-race.{pid}.{what}");
+
+    let mut guards = Vec::new();
+    for i in 0..3 {
+        let guard = locks
+            .lock(name(&format!("renewed-{i}")))
+            .lock_ttl(Some(Duration::from_millis(1000)))
+            .lock_ttl_renew(Duration::from_millis(950))
+            .lost_lock_cb(|lost| say(&format!("lost {}", lost.reason)))
+            .acquire()
+            .unwrap_or_else(|e| panic!("acquire: {e}"));
+        guards.push(guard);
+    }
+    let awaited = locks
+        .lock(name("awaited"))
+        .acquire()
+        .unwrap_or_else(|e| panic!("acquire: {e}"));
+    {
+        let locks = locks.clone();
+        let awaited = name("awaited");
+        std::thread::spawn(move || loop {
+            if let Ok(guard) = locks
+                .lock(awaited.as_str())
+                .retry(Some(secs("10")))
+                .acquire()
+            {
+                let _ = guard.release();
+            }
+        });
+    }
+    for t in 0..threads {
+        let locks = locks.clone();
+        let churned = name(&format!("churn-{t}"));
+        std::thread::spawn(move || loop {
+            match locks.lock(churned.as_str()).try_acquire() {
+                Ok(Some(guard)) => {
+                    let _ = guard.release();
+                }
+                _ => std::thread::sleep(Duration::from_millis(1)),
+            }
+        });
+    }
+    #[cfg(feature = "postgres")]
+    let mut last_kill = None;
+    #[cfg(feature = "postgres")]
+    if url.starts_with("postgres") {
+        use diesel::Connection;
+        last_kill = diesel::PgConnection::establish(url).ok();
+        let (url, tag) = (url.to_owned(), tag.clone());
+        std::thread::spawn(move || terminate_sessions(&url, &tag));
+    }
+
+    let mut seed = u64::from(pid) ^ (now_nanos() as u64) | 1;
+    seed ^= seed << 13;
+    seed ^= seed >> 7;
+    seed ^= seed << 17;
+    std::thread::sleep(Duration::from_micros(seed % (max_ms.max(1) * 1000)));
+    let mut failed = 0;
+    for guard in guards.into_iter().chain([awaited]) {
+        if let Err(err) = guard.release() {
+            say(&format!("error {err}"));
+            failed += 1;
+        }
+    }
+    // Every pooled connection broken at once: the threads' next operations send r2d2's
+    // workers into TLS handshakes; `exit` comes within the next 4 ms.
+    #[cfg(feature = "postgres")]
+    if let Some(conn) = last_kill.as_mut() {
+        let _ = terminate(conn, &tag);
+        std::thread::sleep(Duration::from_micros((seed >> 32) % 4000));
+    }
+    say(&format!("released ({failed} errors)"));
+    ExitCode::SUCCESS
+}
+
+#[cfg(feature = "postgres")]
+fn terminate(conn: &mut diesel::PgConnection, tag: &str) -> diesel::QueryResult<usize> {
+    use diesel::RunQueryDsl;
+    diesel::sql_query(format!(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+          WHERE application_name = '{tag}' AND pid <> pg_backend_pid()"
+    ))
+    .execute(conn)
+}
+
+/// Terminates every session named `tag` but its own, again and again, from a connection of
+/// its own (TLS like the others).
+#[cfg(feature = "postgres")]
+fn terminate_sessions(url: &str, tag: &str) {
+    use diesel::Connection;
+    let mut seed = u64::from(std::process::id()) | 1;
+    loop {
+        if let Ok(mut conn) = diesel::PgConnection::establish(url) {
+            loop {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                std::thread::sleep(Duration::from_millis(5 + seed % 20));
+                if terminate(&mut conn, tag).is_err() {
+                    break;
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(10));
     }
 }

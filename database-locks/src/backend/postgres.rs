@@ -112,6 +112,19 @@ ALTER TABLE database_locks_lock ADD COLUMN IF NOT EXISTS token bigint NOT NULL D
 /// payload is the lock's name.
 const CHANNEL: &str = "database_locks_lock";
 
+/// Initialises OpenSSL, once per process, the way libpq would but without registering
+/// `OPENSSL_cleanup` to run at exit (`OPENSSL_INIT_NO_ATEXIT`, in `openssl_sys::init`).
+/// That cleanup frees OpenSSL's global state while the process's other threads keep
+/// running: an r2d2 worker, a renewal or listener thread, or an application thread in a
+/// TLS handshake with PostgreSQL at that moment then crashed the process on its way out
+/// (SIGSEGV in `CRYPTO_THREAD_read_lock`, issue 11). Whichever call initialises OpenSSL
+/// first decides, so this must run before libpq's first connection; libpq's own call
+/// (`OPENSSL_init_ssl(OPENSSL_INIT_LOAD_CONFIG)`) still loads the configuration after it.
+/// The operating system reclaims what the cleanup would have freed.
+pub(crate) fn init_tls() {
+    openssl_sys::init();
+}
+
 /// `ttl` in seconds for SQL, `None` for no expiry.
 fn ttl_secs(ttl: Option<Duration>) -> Option<f64> {
     ttl.map(|t| t.as_secs_f64())
