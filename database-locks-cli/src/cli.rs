@@ -3,7 +3,7 @@
 use std::ffi::OsString;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 
 /// Run commands under a lock stored in your database, and see, clear or create the locks.
 ///
@@ -79,6 +79,12 @@ pub struct LockArgs {
     /// [default: $DATABASE_LOCKS_DEFAULT_TTL, else 10]
     #[arg(long, value_name = "S|none", value_parser = ttl)]
     pub ttl: Option<Ttl>,
+
+    /// Renew the lease this many seconds before it ends (it is renewed every TTL - S);
+    /// shorter than the lease [default: $DATABASE_LOCKS_DEFAULT_TTL_RENEW, else 2, but at
+    /// most half the lease]
+    #[arg(long, value_name = "S", value_parser = margin)]
+    pub ttl_renew: Option<Duration>,
 
     /// Owner id written into the lock; a holder with the same id takes the lock over
     /// [default: unique per acquisition]
@@ -180,6 +186,14 @@ fn positive_seconds(value: &str) -> Result<Duration, String> {
     Ok(duration)
 }
 
+fn margin(value: &str) -> Result<Duration, String> {
+    let duration = seconds(value)?;
+    if duration.is_zero() {
+        return Err("must be positive (and shorter than the lease)".into());
+    }
+    Ok(duration)
+}
+
 fn ttl(value: &str) -> Result<Ttl, String> {
     if value.trim().eq_ignore_ascii_case("none") {
         return Ok(Ttl(None));
@@ -189,6 +203,83 @@ fn ttl(value: &str) -> Result<Ttl, String> {
         return Err("must be positive, or `none` for no expiry".into());
     }
     Ok(Ttl(Some(duration)))
+}
+
+/// Checks what clap cannot: `--ttl-renew` against the lease, which may come from
+/// `DATABASE_LOCKS_DEFAULT_TTL` (`default_ttl`). The message names both settings.
+pub fn check_lock_args(args: &LockArgs, default_ttl: Option<Duration>) -> Result<(), String> {
+    let Some(margin) = args.ttl_renew else {
+        return Ok(());
+    };
+    let (ttl, from) = match args.ttl {
+        Some(Ttl(ttl)) => (ttl, "--ttl"),
+        None => (default_ttl, "DATABASE_LOCKS_DEFAULT_TTL"),
+    };
+    let shown = |d: Duration| crate::format::seconds(d.as_secs_f64());
+    match ttl {
+        None => Err(format!(
+            "--ttl-renew {} needs a lease that expires, and the lease never does \
+             ({from} none): there is nothing to renew",
+            shown(margin)
+        )),
+        Some(ttl) if margin >= ttl => Err(format!(
+            "--ttl-renew {} must be shorter than the lease ({from} {}): the lease is \
+             renewed every TTL - TTL_RENEW",
+            shown(margin),
+            shown(ttl)
+        )),
+        Some(_) => Ok(()),
+    }
+}
+
+/// In `run -- echo hi` clap takes `echo` as the lock's NAME (`--` only ends options).
+/// Returns the would-be NAME when `run`'s first positional argument comes after `--`.
+/// Walks the raw arguments as clap does: an option that takes a value takes the next
+/// argument unless written `--opt=value` or `-oVALUE`.
+pub fn run_name_after_separator(raw: &[OsString]) -> Option<String> {
+    let mut cli = Cli::command();
+    cli.build();
+    let run = cli.find_subcommand("run")?;
+    let mut current = &cli;
+    let mut in_run = false;
+    let mut args = raw.iter().skip(1);
+    while let Some(arg) = args.next() {
+        let arg = arg.to_str()?;
+        if arg == "--" {
+            return match in_run {
+                true => args.next().map(|name| name.to_string_lossy().into_owned()),
+                false => None,
+            };
+        }
+        if let Some(long) = arg.strip_prefix("--") {
+            let takes = current
+                .get_arguments()
+                .any(|a| a.get_long() == Some(long) && a.get_action().takes_values());
+            if takes {
+                args.next();
+            }
+        } else if let Some(shorts) = arg.strip_prefix('-').filter(|s| !s.is_empty()) {
+            // `-xyz`: flags, until one that takes a value takes the rest or the next argument.
+            for (at, c) in shorts.char_indices() {
+                let takes = current
+                    .get_arguments()
+                    .any(|a| a.get_short() == Some(c) && a.get_action().takes_values());
+                if takes {
+                    if at + c.len_utf8() == shorts.len() {
+                        args.next();
+                    }
+                    break;
+                }
+            }
+        } else if !in_run && arg == "run" {
+            current = run;
+            in_run = true;
+        } else {
+            // NAME before `--`, or another subcommand.
+            return None;
+        }
+    }
+    None
 }
 
 #[cfg(test)]
@@ -227,6 +318,85 @@ mod tests {
         assert!(positive_seconds("0").is_err());
         assert!(ttl("none").unwrap().0.is_none());
         assert!(ttl("0").is_err());
+    }
+
+    #[test]
+    fn run_wants_its_name_before_the_separator() {
+        let raw = |line: &[&str]| line.iter().map(OsString::from).collect::<Vec<_>>();
+        for line in [
+            &["database-locks", "run", "--", "echo", "hi"][..],
+            &[
+                "database-locks",
+                "--url",
+                "x.db",
+                "run",
+                "--ttl",
+                "3",
+                "--",
+                "echo",
+            ][..],
+            &["database-locks", "run", "-o", "me", "--try", "--", "echo"][..],
+            &["database-locks", "run", "--owner=me", "-ome", "--", "echo"][..],
+            &["database-locks", "run", "--url", "x.db", "--", "echo"][..],
+        ] {
+            assert_eq!(
+                run_name_after_separator(&raw(line)).as_deref(),
+                Some("echo"),
+                "{line:?}"
+            );
+        }
+        for line in [
+            &["database-locks", "run", "job", "--", "echo", "hi"][..],
+            &["database-locks", "run", "--ttl", "3", "job", "--", "echo"][..],
+            &["database-locks", "--url", "--", "run", "job", "echo"][..],
+            &["database-locks", "hold", "--", "job"][..],
+            &["database-locks", "run", "job", "echo", "--", "x"][..],
+        ] {
+            assert_eq!(run_name_after_separator(&raw(line)), None, "{line:?}");
+        }
+    }
+
+    #[test]
+    fn ttl_renew_must_fit_in_the_lease() {
+        let parse = |line: &[&str]| {
+            let Command::Run(args) = Cli::try_parse_from(line).unwrap().command else {
+                panic!("{line:?}")
+            };
+            args.lock
+        };
+        let sec = Duration::from_secs(1);
+        let ok = parse(&[
+            "database-locks",
+            "run",
+            "j",
+            "--ttl",
+            "1",
+            "--ttl-renew",
+            "0.5",
+            "true",
+        ]);
+        assert!(check_lock_args(&ok, None).is_ok());
+        let long = parse(&[
+            "database-locks",
+            "run",
+            "j",
+            "--ttl",
+            "1",
+            "--ttl-renew",
+            "1",
+            "true",
+        ]);
+        let err = check_lock_args(&long, Some(10 * sec)).unwrap_err();
+        assert!(err.contains("shorter than the lease (--ttl 1.0s)"), "{err}");
+        let env = parse(&["database-locks", "run", "j", "--ttl-renew", "5", "true"]);
+        assert!(check_lock_args(&env, Some(10 * sec)).is_ok());
+        let err = check_lock_args(&env, Some(3 * sec)).unwrap_err();
+        assert!(err.contains("DATABASE_LOCKS_DEFAULT_TTL 3.0s"), "{err}");
+        assert!(check_lock_args(&env, None).unwrap_err().contains("never"));
+        assert!(
+            Cli::try_parse_from(["database-locks", "run", "j", "--ttl-renew", "0", "true"])
+                .is_err()
+        );
     }
 
     #[test]

@@ -25,15 +25,34 @@ mod signals;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::Parser;
+use clap::error::ErrorKind;
+use clap::{CommandFactory, Parser};
 use database_locks::{Config, Error, Locks};
 
-use crate::cli::{Cli, Command};
+use crate::cli::{Cli, Command, HoldArgs, RunArgs};
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let raw: Vec<_> = std::env::args_os().collect();
+    if let Some(name) = cli::run_name_after_separator(&raw) {
+        usage_error(
+            ErrorKind::MissingRequiredArgument,
+            format!(
+                "`run` needs the lock's NAME before `--`: database-locks run NAME [OPTIONS] \
+                 -- COMMAND [ARGS]... (here `--` came first, so {name:?} would have been \
+                 taken as the lock's name)"
+            ),
+        );
+    }
+    let cli = Cli::parse_from(raw);
     // Read the environment before any thread starts (see `load_config`).
     let config = load_config(cli.url.as_deref(), cli.connect_timeout);
+    if let (Ok(config), Command::Run(RunArgs { lock, .. }) | Command::Hold(HoldArgs { lock, .. })) =
+        (&config, &cli.command)
+    {
+        if let Err(message) = cli::check_lock_args(lock, config.get_default_ttl()) {
+            usage_error(ErrorKind::ArgumentConflict, message);
+        }
+    }
     let (outcome, error_status) = match cli.command {
         Command::Run(args) => (config.and_then(|c| session::run(c, args)), exit::RUN_ERROR),
         Command::Hold(args) => (config.and_then(|c| session::hold(c, args)), exit::ERROR),
@@ -50,6 +69,12 @@ fn main() -> ExitCode {
         }
     };
     exit_now(status)
+}
+
+/// A usage error as clap shows its own (with the usage line), exit status 2. Nothing has
+/// touched the database yet.
+fn usage_error(kind: ErrorKind, message: String) -> ! {
+    Cli::command().error(kind, message).exit()
 }
 
 /// Ends the process without running `atexit` handlers. A thread still acquiring (the wait

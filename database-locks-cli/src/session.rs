@@ -76,6 +76,9 @@ impl Session {
         if let Some(Ttl(ttl)) = args.ttl {
             builder = builder.lock_ttl(ttl);
         }
+        if let Some(margin) = args.ttl_renew {
+            builder = builder.lock_ttl_renew(margin);
+        }
         if let Some(owner) = &args.owner {
             builder = builder.locked_by(owner.clone());
         }

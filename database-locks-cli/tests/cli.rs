@@ -28,6 +28,9 @@ on_each_backend!(
     run_exit_statuses_and_environment,
     at_least_keeps_the_lock_after_the_command,
     migrate_says_what_it_did,
+    run_needs_a_name_before_the_separator,
+    a_one_second_lease_is_renewed,
+    ttl_renew_is_checked_against_the_lease,
 );
 
 /// Two `run`s started together: one command runs, the other waits (each tool's status
@@ -422,4 +425,126 @@ fn migrate_says_what_it_did(db: &Db) {
         let done = db.run(&["migrate"]).expect(0);
         assert!(done.stdout.contains("database_locks_lock"), "{done:#?}");
     }
+}
+
+/// `run -- echo hi` has no NAME: refused as a usage error before the database is touched
+/// (clap alone would lock "echo" and run `hi`).
+fn run_needs_a_name_before_the_separator(db: &Db) {
+    db.run(&["migrate"]).expect(0);
+    let name = unique_name("no-name");
+    let marker = db.path("ran");
+    let touch = format!("touch '{}'", marker.display());
+    let refused = db.run(&["run", "--", &name, "sh", "-c", &touch]).expect(2);
+    assert!(refused.stderr.contains("NAME before `--`"), "{refused:#?}");
+    assert!(!marker.exists(), "the command ran");
+    let status = db.run(&["status", &name]).expect(1);
+    assert!(
+        status.stdout.contains("never taken"),
+        "a row was created: {status:#?}"
+    );
+    // With the NAME first, the same command runs.
+    db.run(&["run", &name, "--", "sh", "-c", &touch]).expect(0);
+    assert!(marker.exists());
+}
+
+/// A command running for three one-second leases under `--ttl 1` keeps the lock: the row's
+/// `expires_at`, read from the database, keeps moving past the database's clock.
+fn a_one_second_lease_is_renewed(db: &Db) {
+    let name = unique_name("ttl-1");
+    let go = db.path("go");
+    let script = format!("while [ ! -e '{}' ]; do sleep 0.02; done", go.display());
+    let mut tool = db.spawn(&["run", "--ttl", "1", &name, "--", "sh", "-c", &script]);
+    db.wait_held(&name);
+    let mut conn = db.conn();
+    let (start, first) = db.times(&mut conn, &name);
+    let first = first.expect("a held lease has an expiry");
+    let (now, expires_at) = loop {
+        let (now, expires_at) = db.times(&mut conn, &name);
+        let expires_at = expires_at.expect("the lease was cleared");
+        assert!(
+            now <= expires_at,
+            "the lease ran out at {expires_at} (database clock {now}): not renewed; {}",
+            tool.stderr()
+        );
+        if now >= start + 3.0 {
+            break (now, expires_at);
+        }
+        assert!(!tool.exited(), "the tool exited: {}", tool.stderr());
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    };
+    assert!(
+        expires_at >= first + 2.0,
+        "expires_at {first} -> {expires_at} by {now}"
+    );
+    std::fs::write(&go, "").expect("go file");
+    let done = tool.finish().expect(0);
+    assert!(!done.stderr.contains("lost"), "{done:#?}");
+}
+
+/// `--ttl-renew` must be positive and shorter than the lease; refused before the row is
+/// touched. Accepted, it is passed on (the library refuses a margin not shorter than ttl).
+fn ttl_renew_is_checked_against_the_lease(db: &Db) {
+    db.run(&["migrate"]).expect(0);
+    let name = unique_name("ttl-renew");
+    let marker = db.path("ran");
+    let touch = format!("touch '{}'", marker.display());
+    for (args, says) in [
+        (
+            &["--ttl", "1", "--ttl-renew", "1"][..],
+            "shorter than the lease (--ttl 1.0s)",
+        ),
+        (&["--ttl", "none", "--ttl-renew", "1"][..], "never"),
+        (&["--ttl-renew", "0"][..], "must be positive"),
+        (&["--ttl-renew", "soon"][..], "not a number"),
+    ] {
+        let line: Vec<&str> = ["run", &name]
+            .into_iter()
+            .chain(args.iter().copied())
+            .chain(["--", "sh", "-c", &touch])
+            .collect();
+        let refused = db.run(&line).expect(2);
+        assert!(refused.stderr.contains(says), "{refused:#?}");
+        assert!(!marker.exists(), "the command ran: {refused:#?}");
+    }
+    let mut env = db.tool();
+    env.env("DATABASE_LOCKS_DEFAULT_TTL", "2");
+    let refused = common::Done::from_command(
+        env,
+        &["run", &name, "--ttl-renew", "3", "--", "sh", "-c", &touch],
+    )
+    .expect(2);
+    assert!(
+        refused.stderr.contains("DATABASE_LOCKS_DEFAULT_TTL 2.0s"),
+        "{refused:#?}"
+    );
+    let status = db.run(&["status", &name]).expect(1);
+    assert!(
+        status.stdout.contains("never taken"),
+        "a row was created: {status:#?}"
+    );
+    db.run(&[
+        "run",
+        &name,
+        "--ttl",
+        "3",
+        "--ttl-renew",
+        "2.5",
+        "--",
+        "sh",
+        "-c",
+        &touch,
+    ])
+    .expect(0);
+    assert!(marker.exists());
+    db.run(&[
+        "hold",
+        &name,
+        "--ttl",
+        "3",
+        "--ttl-renew",
+        "4",
+        "--duration",
+        "0",
+    ])
+    .expect(2);
 }
