@@ -8,7 +8,8 @@ use clap::{Args, CommandFactory, Parser, Subcommand};
 /// Run commands under a lock stored in your database, and see, clear or create the locks.
 ///
 /// The database is --url, else $DATABASE_LOCKS_URL, else $DATABASE_URL, else the SQLite file
-/// ./database_locks.sqlite3. The library's other variables apply too:
+/// ./database_locks.sqlite3 in the current directory (with a warning naming it, as two
+/// directories mean two files that exclude nothing). The library's other variables apply too:
 /// DATABASE_LOCKS_DEFAULT_TTL, DATABASE_LOCKS_DEFAULT_TTL_RENEW, DATABASE_LOCKS_STATUS_FILE
 /// and DATABASE_LOCKS_ENABLED.
 #[derive(Debug, Parser)]

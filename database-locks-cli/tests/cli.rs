@@ -548,3 +548,85 @@ fn ttl_renew_is_checked_against_the_lease(db: &Db) {
     ])
     .expect(2);
 }
+
+/// `list`, `status` and `release` on a SQLite file that does not exist say so and leave
+/// no file behind (SQLite would create an empty one on opening it).
+#[cfg(feature = "sqlite")]
+#[test]
+fn read_only_commands_leave_no_sqlite_file_behind() {
+    let db = Db::sqlite();
+    let missing = db.path("missing.sqlite3");
+    let shown = missing.display().to_string();
+    for url in [shown.clone(), format!("sqlite://{shown}")] {
+        for args in [
+            &["list"][..],
+            &["list", "--json"][..],
+            &["status", "x"][..],
+            &["release", "x", "--force"][..],
+            &["release", "x", "--owner", "o"][..],
+        ] {
+            let refused = db.run_at(&url, args).expect(2);
+            assert!(
+                refused
+                    .stderr
+                    .contains(&format!("no lock database at {shown}")),
+                "{refused:#?}"
+            );
+            assert_eq!(refused.stderr.lines().count(), 1, "{refused:#?}");
+            let left: Vec<_> = std::fs::read_dir(db.dir.path())
+                .expect("scratch dir")
+                .filter_map(|e| e.ok().map(|e| e.file_name()))
+                .filter(|f| f.to_string_lossy().starts_with("missing"))
+                .collect();
+            assert!(left.is_empty(), "{args:?} at {url} left {left:?}");
+        }
+    }
+    // `migrate` creates it; then the table exists and `list` works.
+    db.run_at(&shown, &["migrate"]).expect(0);
+    db.run_at(&shown, &["list"]).expect(0);
+}
+
+/// With no --url, DATABASE_LOCKS_URL or DATABASE_URL, every command warns that it uses
+/// ./database_locks.sqlite3 and names it by its absolute path; with any of them, it is
+/// quiet.
+#[cfg(feature = "sqlite")]
+#[test]
+fn without_a_url_the_tool_names_the_file_it_falls_back_to() {
+    let db = Db::sqlite();
+    let file = std::fs::canonicalize(db.dir.path())
+        .expect("scratch dir")
+        .join(database_locks::DEFAULT_SQLITE_FILE);
+    let warning = format!("using the SQLite file {}", file.display());
+    let run = |args: &[&str], env: &[(&str, &str)]| {
+        let mut cmd = db.tool_without_url();
+        for (var, value) in env {
+            cmd.env(var, value);
+        }
+        common::Done::from_command(cmd, args)
+    };
+
+    // Nothing there yet: the warning, and `list` creates no file.
+    let list = run(&["list"], &[]).expect(2);
+    assert!(list.stderr.contains(&warning), "{list:#?}");
+    assert!(list.stderr.contains("no lock database at"), "{list:#?}");
+    assert!(!file.exists(), "list created {}", file.display());
+
+    let name = unique_name("default-file");
+    let done = run(&["run", &name, "--", "true"], &[]).expect(0);
+    assert_eq!(done.stderr.matches(&warning).count(), 1, "{done:#?}");
+    assert!(file.exists());
+    // An empty variable counts as unset, as in the library.
+    let done = run(&["status", &name], &[("DATABASE_LOCKS_URL", "")]).expect(1);
+    assert!(done.stderr.contains(&warning), "{done:#?}");
+
+    let path = file.display().to_string();
+    for env in [
+        &[("DATABASE_LOCKS_URL", path.as_str())][..],
+        &[("DATABASE_URL", path.as_str())][..],
+    ] {
+        let quiet = run(&["status", &name], env).expect(1);
+        assert_eq!(quiet.stderr, "", "{env:?}: {quiet:#?}");
+    }
+    let quiet = db.run_at(&path, &["status", &name]).expect(1);
+    assert_eq!(quiet.stderr, "", "{quiet:#?}");
+}
