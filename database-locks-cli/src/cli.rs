@@ -53,7 +53,8 @@ pub enum Command {
     /// Release a lock: any holder's with --force, or only --owner's
     ///
     /// --force clears the lease whoever holds it; a live holder finds out at its next
-    /// renewal and stops. --owner ID releases the lock only if ID holds it (it re-takes
+    /// check (within a second for `database-locks run`, which then stops its command; at
+    /// the next renewal for other holders) and stops. --owner ID releases the lock only if ID holds it (it re-takes
     /// the lock as ID, which makes any process still holding it as ID lose it, then
     /// releases it). Exits 0 when a lock was released, 1 when there was none to release.
     Release(ReleaseArgs),
@@ -103,7 +104,8 @@ pub struct RunArgs {
     #[command(flatten)]
     pub lock: LockArgs,
 
-    /// After a lost lock, seconds between SIGTERM and SIGKILL to COMMAND
+    /// After a lost lock, seconds between SIGTERM and SIGKILL to COMMAND; shortened so
+    /// that COMMAND is dead before the lease ends
     #[arg(long, value_name = "S", default_value = "5", value_parser = seconds)]
     pub kill_after: Duration,
 

@@ -31,6 +31,8 @@ on_each_backend!(
     run_needs_a_name_before_the_separator,
     a_one_second_lease_is_renewed,
     ttl_renew_is_checked_against_the_lease,
+    a_force_release_kills_a_command_that_ignores_sigterm_in_time,
+    an_expiring_lease_kills_a_command_that_ignores_sigterm_in_time,
 );
 
 /// Two `run`s started together: one command runs, the other waits (each tool's status
@@ -547,6 +549,87 @@ fn ttl_renew_is_checked_against_the_lease(db: &Db) {
         "0",
     ])
     .expect(2);
+}
+
+/// The command of the SIGTERM-ignoring kind: `run` must SIGKILL it. Writes its pid (the
+/// one `run` started: `exec` keeps it) to `pid_file`.
+fn stubborn_command(pid_file: &std::path::Path) -> String {
+    format!(
+        "trap '' TERM; echo $$ > '{}'; exec sleep 600",
+        pid_file.display()
+    )
+}
+
+/// After `release --force`, a command that ignores SIGTERM is dead before the lease that
+/// was cleared would have ended, whatever `--kill-after` says (the next holder may already
+/// run). The lease's end is the row's `expires_at` read just before the release.
+fn a_force_release_kills_a_command_that_ignores_sigterm_in_time(db: &Db) {
+    let name = unique_name("force-stubborn");
+    let pid_file = db.path("cmd.pid");
+    let script = stubborn_command(&pid_file);
+    let tool = db.spawn(&[
+        "run",
+        "--ttl",
+        "3",
+        "--kill-after",
+        "60",
+        &name,
+        "--",
+        "sh",
+        "-c",
+        &script,
+    ]);
+    let pid = read_pid(&pid_file);
+    db.wait_held(&name);
+    let mut conn = db.conn();
+    let (_, expires_at) = db.times(&mut conn, &name);
+    let expires_at = expires_at.expect("a held lease has an expiry");
+    let released = db.run(&["release", &name, "--force"]).expect(0);
+    let at = std::time::Instant::now();
+    let spare = db.assert_ended_before(pid, expires_at);
+    eprintln!(
+        "force release to death: at most {:?}; {spare:.3}s before the lease's end",
+        at.elapsed()
+    );
+    assert!(released.stdout.contains("finds out"), "{released:#?}");
+    let done = tool.finish().expect(LOST);
+    assert!(done.stderr.contains("was lost"), "{done:#?}");
+    assert!(done.stderr.contains("SIGKILL after"), "{done:#?}");
+}
+
+/// Renewals that cannot get through (the row, or SQLite's file, held locked by the test:
+/// what a database that stopped answering looks like): the command, which ignores
+/// SIGTERM, is dead before the row's `expires_at` by the database's clock, though
+/// `--kill-after` asks for 60 s.
+fn an_expiring_lease_kills_a_command_that_ignores_sigterm_in_time(db: &Db) {
+    let name = unique_name("expire-stubborn");
+    let pid_file = db.path("cmd.pid");
+    let script = stubborn_command(&pid_file);
+    let tool = db.spawn(&[
+        "run",
+        "--ttl",
+        "3",
+        "--kill-after",
+        "60",
+        &name,
+        "--",
+        "sh",
+        "-c",
+        &script,
+    ]);
+    let pid = read_pid(&pid_file);
+    db.wait_held(&name);
+    let frozen = db.freeze(&name);
+    // No renewal can change it now.
+    let mut conn = db.conn();
+    let (_, expires_at) = db.times(&mut conn, &name);
+    let expires_at = expires_at.expect("a held lease has an expiry");
+    let spare = db.assert_ended_before(pid, expires_at);
+    eprintln!("expiring lease: the command was dead {spare:.3}s before the lease's end");
+    drop(frozen);
+    let done = tool.finish().expect(LOST);
+    assert!(done.stderr.contains("did not answer in time"), "{done:#?}");
+    assert!(done.stderr.contains("before the lease ends"), "{done:#?}");
 }
 
 /// `list`, `status` and `release` on a SQLite file that does not exist say so and leave
