@@ -29,14 +29,18 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Take the lock, run COMMAND while holding it, release it when COMMAND exits
+    /// Take the lock NAME, run COMMAND while holding it, release it when COMMAND exits
     ///
-    /// Exits with COMMAND's status. The lease is renewed while COMMAND runs. If the lock is
-    /// lost anyway (another owner took it, or the database was unreachable for the whole
-    /// lease), COMMAND gets SIGTERM, then SIGKILL after --kill-after, and the tool exits
-    /// with 75. SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1 and SIGUSR2 are passed on to
-    /// COMMAND. COMMAND gets DATABASE_LOCKS_NAME, DATABASE_LOCKS_OWNER and
-    /// DATABASE_LOCKS_TOKEN (the fencing token) in its environment.
+    /// Usage: database-locks run NAME [OPTIONS] -- COMMAND [ARGS]... (NAME before `--`).
+    /// Exits with COMMAND's status. The lease is renewed while COMMAND runs, and the tool
+    /// checks every second that the row is still its own. If the lock is lost anyway
+    /// (`release --force`, another owner took it, or the database was unreachable until
+    /// the lease nearly ran out), COMMAND gets SIGTERM, then SIGKILL after --kill-after,
+    /// or sooner so that it is dead before the lease ends; the tool exits with 75. On
+    /// Linux, COMMAND also gets SIGKILL if the tool itself dies. SIGINT, SIGTERM, SIGHUP,
+    /// SIGQUIT, SIGUSR1 and SIGUSR2 are passed on to COMMAND. COMMAND gets
+    /// DATABASE_LOCKS_NAME, DATABASE_LOCKS_OWNER and DATABASE_LOCKS_TOKEN (the fencing
+    /// token) in its environment.
     #[command(after_help = crate::exit::HELP)]
     Run(RunArgs),
 

@@ -33,6 +33,7 @@ on_each_backend!(
     ttl_renew_is_checked_against_the_lease,
     a_force_release_kills_a_command_that_ignores_sigterm_in_time,
     an_expiring_lease_kills_a_command_that_ignores_sigterm_in_time,
+    the_command_dies_with_the_tool,
 );
 
 /// Two `run`s started together: one command runs, the other waits (each tool's status
@@ -630,6 +631,30 @@ fn an_expiring_lease_kills_a_command_that_ignores_sigterm_in_time(db: &Db) {
     let done = tool.finish().expect(LOST);
     assert!(done.stderr.contains("did not answer in time"), "{done:#?}");
     assert!(done.stderr.contains("before the lease ends"), "{done:#?}");
+}
+
+/// `kill -9` of the tool: its command dies with it (Linux), before the lease the tool held
+/// runs out and anyone else can take the lock.
+fn the_command_dies_with_the_tool(db: &Db) {
+    let name = unique_name("orphan");
+    let pid_file = db.path("cmd.pid");
+    let script = format!("echo $$ > '{}'; exec sleep 60", pid_file.display());
+    let tool = db.spawn(&["run", "--ttl", "3", &name, "--", "sh", "-c", &script]);
+    let pid = read_pid(&pid_file);
+    db.wait_held(&name);
+    tool.signal(libc::SIGKILL);
+    tool.finish().expect(128 + libc::SIGKILL);
+    let mut conn = db.conn();
+    let (_, expires_at) = db.times(&mut conn, &name);
+    let expires_at = expires_at.expect("the killed tool could not release");
+    if cfg!(target_os = "linux") {
+        let spare = db.assert_ended_before(pid, expires_at);
+        eprintln!("killed tool: its command was dead {spare:.3}s before the lease's end");
+    } else {
+        // The documented limit: nothing kills it; do not leave it behind.
+        // SAFETY: kill(2) has no memory-safety preconditions.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
 }
 
 /// `list`, `status` and `release` on a SQLite file that does not exist say so and leave
