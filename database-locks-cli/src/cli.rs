@@ -31,8 +31,8 @@ pub struct Cli {
 pub enum Command {
     /// Take the lock NAME, run COMMAND while holding it, release it when COMMAND exits
     ///
-    /// Usage: database-locks run NAME [OPTIONS] -- COMMAND [ARGS]... (NAME before `--`).
-    /// Exits with COMMAND's status. The lease is renewed while COMMAND runs, and the tool
+    /// NAME comes first: `run -- echo hi` is refused, not a lock named `echo`. Exits with
+    /// COMMAND's status. The lease is renewed while COMMAND runs, and the tool
     /// checks every second that the row is still its own. If the lock is lost anyway
     /// (`release --force`, another owner took it, or the database was unreachable until
     /// the lease nearly ran out), COMMAND gets SIGTERM, then SIGKILL after --kill-after,
@@ -41,7 +41,10 @@ pub enum Command {
     /// SIGQUIT, SIGUSR1 and SIGUSR2 are passed on to COMMAND. COMMAND gets
     /// DATABASE_LOCKS_NAME, DATABASE_LOCKS_OWNER and DATABASE_LOCKS_TOKEN (the fencing
     /// token) in its environment.
-    #[command(after_help = crate::exit::HELP)]
+    #[command(
+        after_help = crate::exit::HELP,
+        override_usage = "database-locks run [OPTIONS] NAME [--] COMMAND [ARGS]..."
+    )]
     Run(RunArgs),
 
     /// Every lock: name, state (held, expired, released), owner, time left, token

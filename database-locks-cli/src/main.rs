@@ -35,6 +35,7 @@ fn main() -> ExitCode {
     let raw: Vec<_> = std::env::args_os().collect();
     if let Some(name) = cli::run_name_after_separator(&raw) {
         usage_error(
+            "run",
             ErrorKind::MissingRequiredArgument,
             format!(
                 "`run` needs the lock's NAME before `--`: database-locks run NAME [OPTIONS] \
@@ -46,11 +47,14 @@ fn main() -> ExitCode {
     let cli = Cli::parse_from(raw);
     // Read the environment before any thread starts (see `load_config`).
     let config = load_config(cli.url.as_deref(), cli.connect_timeout);
-    if let (Ok(config), Command::Run(RunArgs { lock, .. }) | Command::Hold(HoldArgs { lock, .. })) =
-        (&config, &cli.command)
-    {
+    let lock_args = match &cli.command {
+        Command::Run(RunArgs { lock, .. }) => Some(("run", lock)),
+        Command::Hold(HoldArgs { lock, .. }) => Some(("hold", lock)),
+        _ => None,
+    };
+    if let (Ok(config), Some((subcommand, lock))) = (&config, lock_args) {
         if let Err(message) = cli::check_lock_args(lock, config.get_default_ttl()) {
-            usage_error(ErrorKind::ArgumentConflict, message);
+            usage_error(subcommand, ErrorKind::ArgumentConflict, message);
         }
     }
     let (outcome, error_status) = match cli.command {
@@ -71,10 +75,15 @@ fn main() -> ExitCode {
     exit_now(status)
 }
 
-/// A usage error as clap shows its own (with the usage line), exit status 2. Nothing has
-/// touched the database yet.
-fn usage_error(kind: ErrorKind, message: String) -> ! {
-    Cli::command().error(kind, message).exit()
+/// A usage error of `run` or `hold` as clap shows its own (with the subcommand's usage
+/// line), exit status 2. Nothing has touched the database yet.
+fn usage_error(subcommand: &str, kind: ErrorKind, message: String) -> ! {
+    let mut cli = Cli::command();
+    cli.build();
+    match cli.find_subcommand_mut(subcommand) {
+        Some(sub) => sub.error(kind, message).exit(),
+        None => cli.error(kind, message).exit(),
+    }
 }
 
 /// Ends the process without running `atexit` handlers. A thread still acquiring (the wait
