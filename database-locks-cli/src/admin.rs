@@ -154,9 +154,19 @@ pub fn release(config: Config, args: ReleaseArgs) -> Outcome {
         None => {
             if locks.force_release(name)? {
                 let by = holder
+                    .as_ref()
                     .map(|h| format!(" (was held by {h})"))
                     .unwrap_or_default();
                 println!("{name}: released{by}");
+                if holder.is_some() {
+                    // What the holder does next is up to it; say when it can notice.
+                    println!(
+                        "{name}: a live holder finds out at its next check: within {} for \
+                         `database-locks run` (which then stops its command), at its next \
+                         renewal for other holders",
+                        format::seconds(crate::session::CHECK_PERIOD.as_secs_f64())
+                    );
+                }
                 Ok(exit::OK)
             } else {
                 println!("{name}: not held; nothing to release");

@@ -5,6 +5,13 @@
 //! process group that is not the terminal's foreground group cannot read the terminal, so
 //! when the tool runs in the foreground of a terminal the command stays in the tool's group:
 //! it reads the terminal, gets Ctrl-C from it directly, and signals go to it alone.
+//!
+//! If the tool itself dies (SIGKILL, the OOM killer, a container stop that kills only the
+//! main process), nobody is left to stop the command, and it would go on running without
+//! the lock. On Linux the command gets SIGKILL then (`PR_SET_PDEATHSIG`). Limits: only
+//! the command itself, not what it started (a script's `pg_dump` survives its shell); the
+//! kernel clears the setting when the command executes a set-user-ID program. On other
+//! Unix systems there is no such setting and the command outlives the tool.
 
 use std::ffi::OsString;
 use std::io;
@@ -42,6 +49,8 @@ impl Child {
         if own_group {
             cmd.process_group(0);
         }
+        #[cfg(target_os = "linux")]
+        die_with_the_tool(&mut cmd);
         let shown = program.to_string_lossy();
         let process = cmd.spawn().map_err(|err| {
             let status = match err.kind() {
@@ -102,6 +111,28 @@ impl Child {
     /// Collects the exit status once [`Event::ChildExited`] arrived.
     pub fn reap(mut self) -> io::Result<ExitStatus> {
         self.process.wait()
+    }
+}
+
+/// Makes the command get SIGKILL when the tool dies. The kernel sends it when the *thread*
+/// that forked exits: `spawn` runs on the main thread, which lives as long as the tool.
+#[cfg(target_os = "linux")]
+fn die_with_the_tool(cmd: &mut std::process::Command) {
+    // SAFETY: getpid has no preconditions.
+    let tool = unsafe { libc::getpid() };
+    // SAFETY: the hook runs between fork and exec and calls only prctl and getppid, which
+    // are async-signal-safe; it allocates nothing (the error is a raw OS error).
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // The tool died before the setting took effect: the signal will never come.
+            if libc::getppid() != tool {
+                return Err(io::Error::from_raw_os_error(libc::ESRCH));
+            }
+            Ok(())
+        });
     }
 }
 

@@ -3,12 +3,13 @@
 use std::ffi::OsString;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 
 /// Run commands under a lock stored in your database, and see, clear or create the locks.
 ///
 /// The database is --url, else $DATABASE_LOCKS_URL, else $DATABASE_URL, else the SQLite file
-/// ./database_locks.sqlite3. The library's other variables apply too:
+/// ./database_locks.sqlite3 in the current directory (with a warning naming it, as two
+/// directories mean two files that exclude nothing). The library's other variables apply too:
 /// DATABASE_LOCKS_DEFAULT_TTL, DATABASE_LOCKS_DEFAULT_TTL_RENEW, DATABASE_LOCKS_STATUS_FILE
 /// and DATABASE_LOCKS_ENABLED.
 #[derive(Debug, Parser)]
@@ -28,15 +29,22 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Take the lock, run COMMAND while holding it, release it when COMMAND exits
+    /// Take the lock NAME, run COMMAND while holding it, release it when COMMAND exits
     ///
-    /// Exits with COMMAND's status. The lease is renewed while COMMAND runs. If the lock is
-    /// lost anyway (another owner took it, or the database was unreachable for the whole
-    /// lease), COMMAND gets SIGTERM, then SIGKILL after --kill-after, and the tool exits
-    /// with 75. SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1 and SIGUSR2 are passed on to
-    /// COMMAND. COMMAND gets DATABASE_LOCKS_NAME, DATABASE_LOCKS_OWNER and
-    /// DATABASE_LOCKS_TOKEN (the fencing token) in its environment.
-    #[command(after_help = crate::exit::HELP)]
+    /// NAME comes first: `run -- echo hi` is refused, not a lock named `echo`. Exits with
+    /// COMMAND's status. The lease is renewed while COMMAND runs, and the tool
+    /// checks every second that the row is still its own. If the lock is lost anyway
+    /// (`release --force`, another owner took it, or the database was unreachable until
+    /// the lease nearly ran out), COMMAND gets SIGTERM, then SIGKILL after --kill-after,
+    /// or sooner so that it is dead before the lease ends; the tool exits with 75. On
+    /// Linux, COMMAND also gets SIGKILL if the tool itself dies. SIGINT, SIGTERM, SIGHUP,
+    /// SIGQUIT, SIGUSR1 and SIGUSR2 are passed on to COMMAND. COMMAND gets
+    /// DATABASE_LOCKS_NAME, DATABASE_LOCKS_OWNER and DATABASE_LOCKS_TOKEN (the fencing
+    /// token) in its environment.
+    #[command(
+        after_help = crate::exit::HELP,
+        override_usage = "database-locks run [OPTIONS] NAME [--] COMMAND [ARGS]..."
+    )]
     Run(RunArgs),
 
     /// Every lock: name, state (held, expired, released), owner, time left, token
@@ -52,7 +60,8 @@ pub enum Command {
     /// Release a lock: any holder's with --force, or only --owner's
     ///
     /// --force clears the lease whoever holds it; a live holder finds out at its next
-    /// renewal and stops. --owner ID releases the lock only if ID holds it (it re-takes
+    /// check (within a second for `database-locks run`, which then stops its command; at
+    /// the next renewal for other holders) and stops. --owner ID releases the lock only if ID holds it (it re-takes
     /// the lock as ID, which makes any process still holding it as ID lose it, then
     /// releases it). Exits 0 when a lock was released, 1 when there was none to release.
     Release(ReleaseArgs),
@@ -80,6 +89,12 @@ pub struct LockArgs {
     #[arg(long, value_name = "S|none", value_parser = ttl)]
     pub ttl: Option<Ttl>,
 
+    /// Renew the lease this many seconds before it ends (it is renewed every TTL - S);
+    /// shorter than the lease [default: $DATABASE_LOCKS_DEFAULT_TTL_RENEW, else 2, but at
+    /// most half the lease]
+    #[arg(long, value_name = "S", value_parser = margin)]
+    pub ttl_renew: Option<Duration>,
+
     /// Owner id written into the lock; a holder with the same id takes the lock over
     /// [default: unique per acquisition]
     #[arg(long, short, value_name = "ID", value_parser = non_empty)]
@@ -96,7 +111,8 @@ pub struct RunArgs {
     #[command(flatten)]
     pub lock: LockArgs,
 
-    /// After a lost lock, seconds between SIGTERM and SIGKILL to COMMAND
+    /// After a lost lock, seconds between SIGTERM and SIGKILL to COMMAND; shortened so
+    /// that COMMAND is dead before the lease ends
     #[arg(long, value_name = "S", default_value = "5", value_parser = seconds)]
     pub kill_after: Duration,
 
@@ -180,6 +196,14 @@ fn positive_seconds(value: &str) -> Result<Duration, String> {
     Ok(duration)
 }
 
+fn margin(value: &str) -> Result<Duration, String> {
+    let duration = seconds(value)?;
+    if duration.is_zero() {
+        return Err("must be positive (and shorter than the lease)".into());
+    }
+    Ok(duration)
+}
+
 fn ttl(value: &str) -> Result<Ttl, String> {
     if value.trim().eq_ignore_ascii_case("none") {
         return Ok(Ttl(None));
@@ -189,6 +213,83 @@ fn ttl(value: &str) -> Result<Ttl, String> {
         return Err("must be positive, or `none` for no expiry".into());
     }
     Ok(Ttl(Some(duration)))
+}
+
+/// Checks what clap cannot: `--ttl-renew` against the lease, which may come from
+/// `DATABASE_LOCKS_DEFAULT_TTL` (`default_ttl`). The message names both settings.
+pub fn check_lock_args(args: &LockArgs, default_ttl: Option<Duration>) -> Result<(), String> {
+    let Some(margin) = args.ttl_renew else {
+        return Ok(());
+    };
+    let (ttl, from) = match args.ttl {
+        Some(Ttl(ttl)) => (ttl, "--ttl"),
+        None => (default_ttl, "DATABASE_LOCKS_DEFAULT_TTL"),
+    };
+    let shown = |d: Duration| crate::format::seconds(d.as_secs_f64());
+    match ttl {
+        None => Err(format!(
+            "--ttl-renew {} needs a lease that expires, and the lease never does \
+             ({from} none): there is nothing to renew",
+            shown(margin)
+        )),
+        Some(ttl) if margin >= ttl => Err(format!(
+            "--ttl-renew {} must be shorter than the lease ({from} {}): the lease is \
+             renewed every TTL - TTL_RENEW",
+            shown(margin),
+            shown(ttl)
+        )),
+        Some(_) => Ok(()),
+    }
+}
+
+/// In `run -- echo hi` clap takes `echo` as the lock's NAME (`--` only ends options).
+/// Returns the would-be NAME when `run`'s first positional argument comes after `--`.
+/// Walks the raw arguments as clap does: an option that takes a value takes the next
+/// argument unless written `--opt=value` or `-oVALUE`.
+pub fn run_name_after_separator(raw: &[OsString]) -> Option<String> {
+    let mut cli = Cli::command();
+    cli.build();
+    let run = cli.find_subcommand("run")?;
+    let mut current = &cli;
+    let mut in_run = false;
+    let mut args = raw.iter().skip(1);
+    while let Some(arg) = args.next() {
+        let arg = arg.to_str()?;
+        if arg == "--" {
+            return match in_run {
+                true => args.next().map(|name| name.to_string_lossy().into_owned()),
+                false => None,
+            };
+        }
+        if let Some(long) = arg.strip_prefix("--") {
+            let takes = current
+                .get_arguments()
+                .any(|a| a.get_long() == Some(long) && a.get_action().takes_values());
+            if takes {
+                args.next();
+            }
+        } else if let Some(shorts) = arg.strip_prefix('-').filter(|s| !s.is_empty()) {
+            // `-xyz`: flags, until one that takes a value takes the rest or the next argument.
+            for (at, c) in shorts.char_indices() {
+                let takes = current
+                    .get_arguments()
+                    .any(|a| a.get_short() == Some(c) && a.get_action().takes_values());
+                if takes {
+                    if at + c.len_utf8() == shorts.len() {
+                        args.next();
+                    }
+                    break;
+                }
+            }
+        } else if !in_run && arg == "run" {
+            current = run;
+            in_run = true;
+        } else {
+            // NAME before `--`, or another subcommand.
+            return None;
+        }
+    }
+    None
 }
 
 #[cfg(test)]
@@ -227,6 +328,85 @@ mod tests {
         assert!(positive_seconds("0").is_err());
         assert!(ttl("none").unwrap().0.is_none());
         assert!(ttl("0").is_err());
+    }
+
+    #[test]
+    fn run_wants_its_name_before_the_separator() {
+        let raw = |line: &[&str]| line.iter().map(OsString::from).collect::<Vec<_>>();
+        for line in [
+            &["database-locks", "run", "--", "echo", "hi"][..],
+            &[
+                "database-locks",
+                "--url",
+                "x.db",
+                "run",
+                "--ttl",
+                "3",
+                "--",
+                "echo",
+            ][..],
+            &["database-locks", "run", "-o", "me", "--try", "--", "echo"][..],
+            &["database-locks", "run", "--owner=me", "-ome", "--", "echo"][..],
+            &["database-locks", "run", "--url", "x.db", "--", "echo"][..],
+        ] {
+            assert_eq!(
+                run_name_after_separator(&raw(line)).as_deref(),
+                Some("echo"),
+                "{line:?}"
+            );
+        }
+        for line in [
+            &["database-locks", "run", "job", "--", "echo", "hi"][..],
+            &["database-locks", "run", "--ttl", "3", "job", "--", "echo"][..],
+            &["database-locks", "--url", "--", "run", "job", "echo"][..],
+            &["database-locks", "hold", "--", "job"][..],
+            &["database-locks", "run", "job", "echo", "--", "x"][..],
+        ] {
+            assert_eq!(run_name_after_separator(&raw(line)), None, "{line:?}");
+        }
+    }
+
+    #[test]
+    fn ttl_renew_must_fit_in_the_lease() {
+        let parse = |line: &[&str]| {
+            let Command::Run(args) = Cli::try_parse_from(line).unwrap().command else {
+                panic!("{line:?}")
+            };
+            args.lock
+        };
+        let sec = Duration::from_secs(1);
+        let ok = parse(&[
+            "database-locks",
+            "run",
+            "j",
+            "--ttl",
+            "1",
+            "--ttl-renew",
+            "0.5",
+            "true",
+        ]);
+        assert!(check_lock_args(&ok, None).is_ok());
+        let long = parse(&[
+            "database-locks",
+            "run",
+            "j",
+            "--ttl",
+            "1",
+            "--ttl-renew",
+            "1",
+            "true",
+        ]);
+        let err = check_lock_args(&long, Some(10 * sec)).unwrap_err();
+        assert!(err.contains("shorter than the lease (--ttl 1.0s)"), "{err}");
+        let env = parse(&["database-locks", "run", "j", "--ttl-renew", "5", "true"]);
+        assert!(check_lock_args(&env, Some(10 * sec)).is_ok());
+        let err = check_lock_args(&env, Some(3 * sec)).unwrap_err();
+        assert!(err.contains("DATABASE_LOCKS_DEFAULT_TTL 3.0s"), "{err}");
+        assert!(check_lock_args(&env, None).unwrap_err().contains("never"));
+        assert!(
+            Cli::try_parse_from(["database-locks", "run", "j", "--ttl-renew", "0", "true"])
+                .is_err()
+        );
     }
 
     #[test]

@@ -6,7 +6,8 @@
 pub const OK: u8 = 0;
 /// `status`: the lock is free. `release`: there was nothing to release.
 pub const FREE: u8 = 1;
-/// An error of any command but `run` (bad usage, configuration, database).
+/// A usage error (any command), or an error of any command but `run` (configuration,
+/// database).
 pub const ERROR: u8 = 2;
 /// `run`, `hold`: the lock was lost while held; the command was stopped. The library's
 /// `LOST_LOCK_EXIT_CODE` (`EX_TEMPFAIL`).
@@ -32,7 +33,7 @@ pub const HELP: &str = "\
 Exit status:
   0        success; for `run`, the command's own status (128+N if signal N killed it)
   1        `status`: the lock is free; `release`: nothing was released
-  2        error (usage, configuration, database), except for `run`
+  2        usage error; for commands but `run`, also configuration, database
   75       `run`, `hold`: the lock was lost; the command was stopped (SIGTERM, then SIGKILL)
   124      `run`, `hold`: the lock is held by another owner (--try) or --timeout ran out
   125      `run`: the tool failed (configuration, database)

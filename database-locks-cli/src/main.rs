@@ -25,15 +25,38 @@ mod signals;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::Parser;
-use database_locks::{Config, Error, Locks};
+use clap::error::ErrorKind;
+use clap::{CommandFactory, Parser};
+use database_locks::{Config, Error, Locks, DEFAULT_SQLITE_FILE};
 
-use crate::cli::{Cli, Command};
+use crate::cli::{Cli, Command, HoldArgs, RunArgs};
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let raw: Vec<_> = std::env::args_os().collect();
+    if let Some(name) = cli::run_name_after_separator(&raw) {
+        usage_error(
+            "run",
+            ErrorKind::MissingRequiredArgument,
+            format!(
+                "`run` needs the lock's NAME before `--`: database-locks run NAME [OPTIONS] \
+                 -- COMMAND [ARGS]... (here `--` came first, so {name:?} would have been \
+                 taken as the lock's name)"
+            ),
+        );
+    }
+    let cli = Cli::parse_from(raw);
     // Read the environment before any thread starts (see `load_config`).
     let config = load_config(cli.url.as_deref(), cli.connect_timeout);
+    let lock_args = match &cli.command {
+        Command::Run(RunArgs { lock, .. }) => Some(("run", lock)),
+        Command::Hold(HoldArgs { lock, .. }) => Some(("hold", lock)),
+        _ => None,
+    };
+    if let (Ok(config), Some((subcommand, lock))) = (&config, lock_args) {
+        if let Err(message) = cli::check_lock_args(lock, config.get_default_ttl()) {
+            usage_error(subcommand, ErrorKind::ArgumentConflict, message);
+        }
+    }
     let (outcome, error_status) = match cli.command {
         Command::Run(args) => (config.and_then(|c| session::run(c, args)), exit::RUN_ERROR),
         Command::Hold(args) => (config.and_then(|c| session::hold(c, args)), exit::ERROR),
@@ -50,6 +73,17 @@ fn main() -> ExitCode {
         }
     };
     exit_now(status)
+}
+
+/// A usage error of `run` or `hold` as clap shows its own (with the subcommand's usage
+/// line), exit status 2. Nothing has touched the database yet.
+fn usage_error(subcommand: &str, kind: ErrorKind, message: String) -> ! {
+    let mut cli = Cli::command();
+    cli.build();
+    match cli.find_subcommand_mut(subcommand) {
+        Some(sub) => sub.error(kind, message).exit(),
+        None => cli.error(kind, message).exit(),
+    }
 }
 
 /// Ends the process without running `atexit` handlers. A thread still acquiring (the wait
@@ -121,7 +155,10 @@ pub type Outcome = Result<u8, Failure>;
 /// (the environment's URL is then not read).
 fn load_config(url: Option<&str>, connect_timeout: Duration) -> Result<Config, Failure> {
     let config = match url {
-        None => Config::from_env(),
+        None => {
+            warn_if_default_file();
+            Config::from_env()
+        }
         Some(url) => Config::from_env_with_url(url).map_err(|err| match err {
             Error::Config { variable, reason } if variable == "url" => Error::Config {
                 variable: "--url".into(),
@@ -133,10 +170,60 @@ fn load_config(url: Option<&str>, connect_timeout: Duration) -> Result<Config, F
     Ok(config?.connect_timeout(connect_timeout))
 }
 
+/// With no URL anywhere the locks go to a file in the current directory: two processes
+/// started in different directories then lock different files and exclude nothing. Said
+/// on every run, with the absolute path, since a cron job's directory is easy to get wrong.
+fn warn_if_default_file() {
+    let set = |var: &str| std::env::var_os(var).is_some_and(|v| !v.is_empty());
+    if set("DATABASE_LOCKS_URL") || set("DATABASE_URL") {
+        return;
+    }
+    let file =
+        std::path::absolute(DEFAULT_SQLITE_FILE).unwrap_or_else(|_| DEFAULT_SQLITE_FILE.into());
+    eprintln!(
+        "database-locks: warning: no --url, DATABASE_LOCKS_URL or DATABASE_URL; using the \
+         SQLite file {} (it excludes only processes that use this same file)",
+        file.display()
+    );
+}
+
 /// A handle for the administrative commands: they never lock, never create the table, and
-/// work whatever `DATABASE_LOCKS_ENABLED` says.
+/// work whatever `DATABASE_LOCKS_ENABLED` says. On SQLite they never create the file either.
 fn admin_locks(config: Config) -> Result<Locks, Failure> {
+    if let Some(file) = sqlite_file(config.get_url()) {
+        if !file.exists() {
+            let file = std::path::absolute(&file).unwrap_or(file);
+            return Err(Failure::from(format!(
+                "no lock database at {}: the file does not exist (`database-locks migrate` \
+                 creates it, as does the first `run` or `hold`; or check --url)",
+                file.display()
+            )));
+        }
+    }
     Ok(Locks::new(config.enabled(true).auto_migrate(false))?)
+}
+
+/// The file a SQLite lock URL names, by the library's rules (`sqlite://FILE`, `sqlite:FILE`,
+/// a bare path, and SQLite's own `file:` URIs); `None` for the other backends.
+fn sqlite_file(url: &str) -> Option<std::path::PathBuf> {
+    let url = url.trim();
+    let target = match url.split_once("://") {
+        Some(("sqlite", path)) => path,
+        Some(_) => return None,
+        None => url.strip_prefix("sqlite:").unwrap_or(url),
+    };
+    // `file:PATH?mode=...` (SQLite's URI filenames); `file://localhost/PATH` too.
+    let path = match target.strip_prefix("file:") {
+        Some(uri) => {
+            let uri = uri.split(['?', '#']).next().unwrap_or(uri);
+            match uri.strip_prefix("//") {
+                Some(rest) => &rest[rest.find('/').unwrap_or(rest.len())..],
+                None => uri,
+            }
+        }
+        None => target,
+    };
+    Some(path.into())
 }
 
 /// Driver messages can span lines (libpq's "Is the server running..."): one line each.
@@ -152,6 +239,19 @@ fn one_line(message: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sqlite_urls_name_their_file() {
+        let file = |url: &str| sqlite_file(url).map(|p| p.display().to_string());
+        assert_eq!(file("locks.db").as_deref(), Some("locks.db"));
+        assert_eq!(file("sqlite://rel.db").as_deref(), Some("rel.db"));
+        assert_eq!(file("sqlite:///abs/x.db").as_deref(), Some("/abs/x.db"));
+        assert_eq!(file("sqlite:x.db").as_deref(), Some("x.db"));
+        assert_eq!(file("file:x.db?mode=rwc").as_deref(), Some("x.db"));
+        assert_eq!(file("file:/abs/x.db#x").as_deref(), Some("/abs/x.db"));
+        assert_eq!(file("postgres://u@h/db"), None);
+        assert_eq!(file("mysql://u@h/db"), None);
+    }
 
     #[test]
     fn messages_become_one_line() {

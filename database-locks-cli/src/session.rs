@@ -2,7 +2,8 @@
 //!
 //! Everything that can happen arrives as an [`Event`] on one channel, read by the main
 //! thread: the acquisition's result (it blocks, so it runs on a thread of its own), signals
-//! to the tool, the lock's loss (the library's `lost_lock_cb`), the command's exit.
+//! to the tool, the lock's loss (the library's `lost_lock_cb`, or the tool's own check that
+//! the row is still its own), the command's exit.
 
 use std::io::{IsTerminal, Write};
 use std::panic::{self, AssertUnwindSafe};
@@ -10,7 +11,7 @@ use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use database_locks::{Config, LockGuard, Locks, LostLock};
+use database_locks::{Config, LockGuard, Locks, LossCause, LostLock};
 
 use crate::child::{self, Child};
 use crate::cli::{HoldArgs, LockArgs, RunArgs, Ttl};
@@ -21,8 +22,36 @@ use crate::{exit, format, one_line, Failure, Outcome};
 pub enum Event {
     Acquired(Acquisition),
     Signal(Signal),
-    Lost(LostLock),
+    Lost(Loss),
     ChildExited,
+}
+
+/// A lost lock, as the library reported it or as the tool's own check found it.
+#[derive(Debug)]
+pub struct Loss {
+    /// What happened, for the one line the tool prints.
+    message: String,
+    /// The earliest moment the lost lease may end by the database's clock: the command
+    /// must be dead by then. `None`: unknown, or a lease without expiry.
+    ends_by: Option<Instant>,
+}
+
+impl From<&LostLock> for Loss {
+    fn from(lost: &LostLock) -> Self {
+        let how = match lost.cause {
+            LossCause::Expired => " (the database did not answer in time; the lease runs out)",
+            LossCause::Taken => {
+                " (force-released, or taken by another owner; found at the lease's renewal)"
+            }
+            _ => "",
+        };
+        Loss {
+            message: format!("{lost}{how}"),
+            // The library's bound: the send time of the last renewal that succeeded plus
+            // the ttl. The database started its lease no earlier, so it ends no earlier.
+            ends_by: lost.expires_by,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -48,8 +77,8 @@ struct Session {
     locks: Locks,
     events: Receiver<Event>,
     sender: Sender<Event>,
-    /// The loss reported by the library, if any.
-    lost: Option<LostLock>,
+    /// The loss reported by the library or the check, if any.
+    lost: Option<Loss>,
     lost_announced: bool,
 }
 
@@ -76,6 +105,9 @@ impl Session {
         if let Some(Ttl(ttl)) = args.ttl {
             builder = builder.lock_ttl(ttl);
         }
+        if let Some(margin) = args.ttl_renew {
+            builder = builder.lock_ttl_renew(margin);
+        }
         if let Some(owner) = &args.owner {
             builder = builder.locked_by(owner.clone());
         }
@@ -86,7 +118,7 @@ impl Session {
         // stopped first, and the tool's exit status must say what happened.
         let sender = self.sender.clone();
         builder = builder.lost_lock_cb(move |lost| {
-            let _ = sender.send(Event::Lost(lost.clone()));
+            let _ = sender.send(Event::Lost(Loss::from(lost)));
         });
         let try_once = args.try_once;
         let sender = self.sender.clone();
@@ -190,7 +222,7 @@ impl Session {
 
     fn announce_loss(&mut self, consequence: &str) {
         if let (Some(lost), false) = (&self.lost, self.lost_announced) {
-            warn(&format!("{lost}; {consequence}"));
+            warn(&format!("{}; {consequence}", lost.message));
             self.lost_announced = true;
         }
     }
@@ -213,15 +245,23 @@ impl Session {
         }
     }
 
-    /// SIGTERM, then SIGKILL after `kill_after`, then SIGKILL to anything the command left
-    /// behind in its process group: nothing may go on working without the lock.
+    /// SIGTERM, then SIGKILL after `kill_after` or sooner, so that the command is dead
+    /// before the lease ends, then SIGKILL to anything the command left behind in its
+    /// process group: nothing may go on working without the lock.
     fn stop(&mut self, child: &Child, kill_after: Duration) {
+        let now = Instant::now();
+        let ends_by = self.lost.as_ref().and_then(|lost| lost.ends_by);
+        let mut deadline = kill_deadline(now, kill_after, ends_by);
+        let grace = format::seconds(deadline.saturating_duration_since(now).as_secs_f64());
+        let shortened = if deadline < now + kill_after {
+            ", before the lease ends"
+        } else {
+            ""
+        };
         self.announce_loss(&format!(
-            "stopping the command (SIGTERM, SIGKILL after {})",
-            format::seconds(kill_after.as_secs_f64())
+            "stopping the command (SIGTERM, SIGKILL after {grace}{shortened})"
         ));
         child.signal(libc::SIGTERM);
-        let deadline = Instant::now() + kill_after;
         let mut killed = false;
         loop {
             let event = if killed {
@@ -235,6 +275,11 @@ impl Session {
             match event {
                 Ok(Event::ChildExited) | Err(RecvTimeoutError::Disconnected) => break,
                 Ok(Event::Signal(signal)) => pass_on(child, signal),
+                // The library's report after the check's: it may know an earlier end.
+                Ok(Event::Lost(lost)) => {
+                    deadline =
+                        deadline.min(kill_deadline(Instant::now(), kill_after, lost.ends_by));
+                }
                 Ok(_) => {}
                 Err(RecvTimeoutError::Timeout) => {
                     child.signal(libc::SIGKILL);
@@ -276,6 +321,89 @@ impl Session {
     }
 }
 
+/// When SIGKILL follows SIGTERM: `kill_after` later, but no later than halfway from now to
+/// the earliest end of the lease (`ends_by`), so that the command is dead before anybody
+/// else can take the lock. The other half is the safety margin: the time for SIGKILL to
+/// take effect, and for this thread to be woken late on a loaded machine. With the
+/// defaults (ttl 10 s, margin 2 s) the library reports an expiring lease 500 ms before its
+/// end, so SIGKILL comes about 250 ms after SIGTERM and 250 ms before the end.
+fn kill_deadline(now: Instant, kill_after: Duration, ends_by: Option<Instant>) -> Instant {
+    let wanted = now + kill_after;
+    match ends_by {
+        Some(end) => wanted.min(now + end.saturating_duration_since(now) / 2),
+        None => wanted,
+    }
+}
+
+/// How often `run` reads its row to see that the lock is still its own. The renewal
+/// finds a force release too, but only every ttl - margin (8 s with the defaults), and a
+/// lock with `--ttl none` is never renewed. One indexed single-row SELECT per second per
+/// running command (a renewal is one UPDATE per 8 s): a thousand `run`s cost the database
+/// a thousand primary-key reads per second, a small part of what one core serves.
+pub const CHECK_PERIOD: Duration = Duration::from_secs(1);
+
+/// Reads the lock's row at once and then every [`CHECK_PERIOD`], on a thread of its own
+/// (a statement can hang on a dead connection). When the row is no longer this guard's
+/// (force-released, or another owner or token), sends [`Event::Lost`] with the earliest
+/// end of the lease that the previous reads showed. Dropping the returned sender stops it.
+/// Errors are left to the library: its renewal retries and its watchdog reports a lease
+/// that could not be renewed in time.
+fn start_check(locks: &Locks, guard: &LockGuard, events: Sender<Event>) -> Option<Sender<()>> {
+    let (Some(owner), Some(token)) = (guard.locked_by().map(str::to_owned), guard.token()) else {
+        return None;
+    };
+    let (locks, name) = (locks.clone(), guard.name().to_owned());
+    let token = i64::try_from(token).unwrap_or(i64::MAX);
+    let (stop, stopped) = mpsc::channel::<()>();
+    let spawned = thread::Builder::new().name("check".into()).spawn(move || {
+        let mut ends_by = None;
+        let mut wait = Duration::ZERO;
+        while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(wait) {
+            wait = CHECK_PERIOD;
+            let sent = Instant::now();
+            let what = match locks.inspect(&name) {
+                Ok(Some(info))
+                    if info.locked_by.as_deref() == Some(&owner) && info.token == token =>
+                {
+                    match info.expires_in {
+                        // The database computed `left` after `sent`: the lease ends no earlier.
+                        Some(left) if left.is_finite() && left > 0.0 => {
+                            ends_by = Some(sent + Duration::from_secs_f64(left));
+                            continue;
+                        }
+                        // Expired but still ours: the library's watchdog reports it.
+                        Some(_) => continue,
+                        None => "it was released by another process (release --force)".to_owned(),
+                    }
+                }
+                Ok(Some(info)) => format!(
+                    "the row now carries owner {:?}, token {}",
+                    info.locked_by.as_deref().unwrap_or("?"),
+                    info.token
+                ),
+                Ok(None) => "its row was deleted".to_owned(),
+                Err(_) => continue,
+            };
+            let message = format!(
+                "lock {name:?} (owner {owner:?}, token {token}) was lost: {what} \
+                 (seen by the tool's check, every {})",
+                format::seconds(CHECK_PERIOD.as_secs_f64())
+            );
+            let _ = events.send(Event::Lost(Loss { message, ends_by }));
+            return;
+        }
+    });
+    match spawned {
+        Ok(_) => Some(stop),
+        Err(err) => {
+            warn(&format!(
+                "cannot start a thread to check the lock ({err}); a force release is seen at the next renewal"
+            ));
+            None
+        }
+    }
+}
+
 /// Passes a signal to the command, unless the terminal already sent it there.
 fn pass_on(child: &Child, signal: Signal) {
     if !(signal.from_terminal && child.shares_terminal()) {
@@ -308,7 +436,9 @@ pub fn run(config: Config, args: RunArgs) -> Outcome {
             return Err(failure);
         }
     };
+    let check = start_check(&session.locks, &guard, session.sender.clone());
     session.supervise(&child, args.kill_after);
+    drop(check);
     let status = match child.reap() {
         Ok(status) => child::status_code(status),
         Err(err) => {
@@ -435,4 +565,24 @@ fn say(line: &str) {
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "{line}");
     let _ = out.flush();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sigkill_comes_before_the_lease_ends() {
+        let now = Instant::now();
+        let sec = Duration::from_secs(1);
+        assert_eq!(kill_deadline(now, 5 * sec, None), now + 5 * sec);
+        assert_eq!(
+            kill_deadline(now, 5 * sec, Some(now + 20 * sec)),
+            now + 5 * sec
+        );
+        assert_eq!(kill_deadline(now, 5 * sec, Some(now + sec)), now + sec / 2);
+        assert_eq!(kill_deadline(now, Duration::ZERO, Some(now + sec)), now);
+        // Noticed after the end (a stalled machine): at once.
+        assert_eq!(kill_deadline(now + sec, 5 * sec, Some(now)), now + sec);
+    }
 }

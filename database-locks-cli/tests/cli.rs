@@ -28,6 +28,12 @@ on_each_backend!(
     run_exit_statuses_and_environment,
     at_least_keeps_the_lock_after_the_command,
     migrate_says_what_it_did,
+    run_needs_a_name_before_the_separator,
+    a_one_second_lease_is_renewed,
+    ttl_renew_is_checked_against_the_lease,
+    a_force_release_kills_a_command_that_ignores_sigterm_in_time,
+    an_expiring_lease_kills_a_command_that_ignores_sigterm_in_time,
+    the_command_dies_with_the_tool,
 );
 
 /// Two `run`s started together: one command runs, the other waits (each tool's status
@@ -422,4 +428,313 @@ fn migrate_says_what_it_did(db: &Db) {
         let done = db.run(&["migrate"]).expect(0);
         assert!(done.stdout.contains("database_locks_lock"), "{done:#?}");
     }
+}
+
+/// `run -- echo hi` has no NAME: refused as a usage error before the database is touched
+/// (clap alone would lock "echo" and run `hi`).
+fn run_needs_a_name_before_the_separator(db: &Db) {
+    db.run(&["migrate"]).expect(0);
+    let name = unique_name("no-name");
+    let marker = db.path("ran");
+    let touch = format!("touch '{}'", marker.display());
+    let refused = db.run(&["run", "--", &name, "sh", "-c", &touch]).expect(2);
+    assert!(refused.stderr.contains("NAME before `--`"), "{refused:#?}");
+    assert!(!marker.exists(), "the command ran");
+    let status = db.run(&["status", &name]).expect(1);
+    assert!(
+        status.stdout.contains("never taken"),
+        "a row was created: {status:#?}"
+    );
+    // With the NAME first, the same command runs.
+    db.run(&["run", &name, "--", "sh", "-c", &touch]).expect(0);
+    assert!(marker.exists());
+}
+
+/// A command running for three one-second leases under `--ttl 1` keeps the lock: the row's
+/// `expires_at`, read from the database, keeps moving past the database's clock.
+fn a_one_second_lease_is_renewed(db: &Db) {
+    let name = unique_name("ttl-1");
+    let go = db.path("go");
+    let script = format!("while [ ! -e '{}' ]; do sleep 0.02; done", go.display());
+    let mut tool = db.spawn(&["run", "--ttl", "1", &name, "--", "sh", "-c", &script]);
+    db.wait_held(&name);
+    let mut conn = db.conn();
+    let (start, first) = db.times(&mut conn, &name);
+    let first = first.expect("a held lease has an expiry");
+    let (now, expires_at) = loop {
+        let (now, expires_at) = db.times(&mut conn, &name);
+        let expires_at = expires_at.expect("the lease was cleared");
+        assert!(
+            now <= expires_at,
+            "the lease ran out at {expires_at} (database clock {now}): not renewed; {}",
+            tool.stderr()
+        );
+        if now >= start + 3.0 {
+            break (now, expires_at);
+        }
+        assert!(!tool.exited(), "the tool exited: {}", tool.stderr());
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    };
+    assert!(
+        expires_at >= first + 2.0,
+        "expires_at {first} -> {expires_at} by {now}"
+    );
+    std::fs::write(&go, "").expect("go file");
+    let done = tool.finish().expect(0);
+    assert!(!done.stderr.contains("lost"), "{done:#?}");
+}
+
+/// `--ttl-renew` must be positive and shorter than the lease; refused before the row is
+/// touched. Accepted, it is passed on (the library refuses a margin not shorter than ttl).
+fn ttl_renew_is_checked_against_the_lease(db: &Db) {
+    db.run(&["migrate"]).expect(0);
+    let name = unique_name("ttl-renew");
+    let marker = db.path("ran");
+    let touch = format!("touch '{}'", marker.display());
+    for (args, says) in [
+        (
+            &["--ttl", "1", "--ttl-renew", "1"][..],
+            "shorter than the lease (--ttl 1.0s)",
+        ),
+        (&["--ttl", "none", "--ttl-renew", "1"][..], "never"),
+        (&["--ttl-renew", "0"][..], "must be positive"),
+        (&["--ttl-renew", "soon"][..], "not a number"),
+    ] {
+        let line: Vec<&str> = ["run", &name]
+            .into_iter()
+            .chain(args.iter().copied())
+            .chain(["--", "sh", "-c", &touch])
+            .collect();
+        let refused = db.run(&line).expect(2);
+        assert!(refused.stderr.contains(says), "{refused:#?}");
+        assert!(!marker.exists(), "the command ran: {refused:#?}");
+    }
+    let mut env = db.tool();
+    env.env("DATABASE_LOCKS_DEFAULT_TTL", "2");
+    let refused = common::Done::from_command(
+        env,
+        &["run", &name, "--ttl-renew", "3", "--", "sh", "-c", &touch],
+    )
+    .expect(2);
+    assert!(
+        refused.stderr.contains("DATABASE_LOCKS_DEFAULT_TTL 2.0s"),
+        "{refused:#?}"
+    );
+    let status = db.run(&["status", &name]).expect(1);
+    assert!(
+        status.stdout.contains("never taken"),
+        "a row was created: {status:#?}"
+    );
+    db.run(&[
+        "run",
+        &name,
+        "--ttl",
+        "3",
+        "--ttl-renew",
+        "2.5",
+        "--",
+        "sh",
+        "-c",
+        &touch,
+    ])
+    .expect(0);
+    assert!(marker.exists());
+    db.run(&[
+        "hold",
+        &name,
+        "--ttl",
+        "3",
+        "--ttl-renew",
+        "4",
+        "--duration",
+        "0",
+    ])
+    .expect(2);
+}
+
+/// The command of the SIGTERM-ignoring kind: `run` must SIGKILL it. Writes its pid (the
+/// one `run` started: `exec` keeps it) to `pid_file`.
+fn stubborn_command(pid_file: &std::path::Path) -> String {
+    format!(
+        "trap '' TERM; echo $$ > '{}'; exec sleep 600",
+        pid_file.display()
+    )
+}
+
+/// After `release --force`, a command that ignores SIGTERM is dead before the lease that
+/// was cleared would have ended, whatever `--kill-after` says (the next holder may already
+/// run). The lease's end is the row's `expires_at` read just before the release.
+fn a_force_release_kills_a_command_that_ignores_sigterm_in_time(db: &Db) {
+    let name = unique_name("force-stubborn");
+    let pid_file = db.path("cmd.pid");
+    let script = stubborn_command(&pid_file);
+    let tool = db.spawn(&[
+        "run",
+        "--ttl",
+        "3",
+        "--kill-after",
+        "60",
+        &name,
+        "--",
+        "sh",
+        "-c",
+        &script,
+    ]);
+    let pid = read_pid(&pid_file);
+    db.wait_held(&name);
+    let mut conn = db.conn();
+    let (_, expires_at) = db.times(&mut conn, &name);
+    let expires_at = expires_at.expect("a held lease has an expiry");
+    let released = db.run(&["release", &name, "--force"]).expect(0);
+    let at = std::time::Instant::now();
+    let spare = db.assert_ended_before(pid, expires_at);
+    eprintln!(
+        "force release to death: at most {:?}; {spare:.3}s before the lease's end",
+        at.elapsed()
+    );
+    assert!(released.stdout.contains("finds out"), "{released:#?}");
+    let done = tool.finish().expect(LOST);
+    assert!(done.stderr.contains("was lost"), "{done:#?}");
+    assert!(done.stderr.contains("SIGKILL after"), "{done:#?}");
+}
+
+/// Renewals that cannot get through (the row, or SQLite's file, held locked by the test:
+/// what a database that stopped answering looks like): the command, which ignores
+/// SIGTERM, is dead before the row's `expires_at` by the database's clock, though
+/// `--kill-after` asks for 60 s.
+fn an_expiring_lease_kills_a_command_that_ignores_sigterm_in_time(db: &Db) {
+    let name = unique_name("expire-stubborn");
+    let pid_file = db.path("cmd.pid");
+    let script = stubborn_command(&pid_file);
+    let tool = db.spawn(&[
+        "run",
+        "--ttl",
+        "3",
+        "--kill-after",
+        "60",
+        &name,
+        "--",
+        "sh",
+        "-c",
+        &script,
+    ]);
+    let pid = read_pid(&pid_file);
+    db.wait_held(&name);
+    let frozen = db.freeze(&name);
+    // No renewal can change it now.
+    let mut conn = db.conn();
+    let (_, expires_at) = db.times(&mut conn, &name);
+    let expires_at = expires_at.expect("a held lease has an expiry");
+    let spare = db.assert_ended_before(pid, expires_at);
+    eprintln!("expiring lease: the command was dead {spare:.3}s before the lease's end");
+    drop(frozen);
+    let done = tool.finish().expect(LOST);
+    assert!(done.stderr.contains("did not answer in time"), "{done:#?}");
+    assert!(done.stderr.contains("before the lease ends"), "{done:#?}");
+}
+
+/// `kill -9` of the tool: its command dies with it (Linux), before the lease the tool held
+/// runs out and anyone else can take the lock.
+fn the_command_dies_with_the_tool(db: &Db) {
+    let name = unique_name("orphan");
+    let pid_file = db.path("cmd.pid");
+    let script = format!("echo $$ > '{}'; exec sleep 60", pid_file.display());
+    let tool = db.spawn(&["run", "--ttl", "3", &name, "--", "sh", "-c", &script]);
+    let pid = read_pid(&pid_file);
+    db.wait_held(&name);
+    tool.signal(libc::SIGKILL);
+    tool.finish().expect(128 + libc::SIGKILL);
+    let mut conn = db.conn();
+    let (_, expires_at) = db.times(&mut conn, &name);
+    let expires_at = expires_at.expect("the killed tool could not release");
+    if cfg!(target_os = "linux") {
+        let spare = db.assert_ended_before(pid, expires_at);
+        eprintln!("killed tool: its command was dead {spare:.3}s before the lease's end");
+    } else {
+        // The documented limit: nothing kills it; do not leave it behind.
+        // SAFETY: kill(2) has no memory-safety preconditions.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+}
+
+/// `list`, `status` and `release` on a SQLite file that does not exist say so and leave
+/// no file behind (SQLite would create an empty one on opening it).
+#[cfg(feature = "sqlite")]
+#[test]
+fn read_only_commands_leave_no_sqlite_file_behind() {
+    let db = Db::sqlite();
+    let missing = db.path("missing.sqlite3");
+    let shown = missing.display().to_string();
+    for url in [shown.clone(), format!("sqlite://{shown}")] {
+        for args in [
+            &["list"][..],
+            &["list", "--json"][..],
+            &["status", "x"][..],
+            &["release", "x", "--force"][..],
+            &["release", "x", "--owner", "o"][..],
+        ] {
+            let refused = db.run_at(&url, args).expect(2);
+            assert!(
+                refused
+                    .stderr
+                    .contains(&format!("no lock database at {shown}")),
+                "{refused:#?}"
+            );
+            assert_eq!(refused.stderr.lines().count(), 1, "{refused:#?}");
+            let left: Vec<_> = std::fs::read_dir(db.dir.path())
+                .expect("scratch dir")
+                .filter_map(|e| e.ok().map(|e| e.file_name()))
+                .filter(|f| f.to_string_lossy().starts_with("missing"))
+                .collect();
+            assert!(left.is_empty(), "{args:?} at {url} left {left:?}");
+        }
+    }
+    // `migrate` creates it; then the table exists and `list` works.
+    db.run_at(&shown, &["migrate"]).expect(0);
+    db.run_at(&shown, &["list"]).expect(0);
+}
+
+/// With no --url, DATABASE_LOCKS_URL or DATABASE_URL, every command warns that it uses
+/// ./database_locks.sqlite3 and names it by its absolute path; with any of them, it is
+/// quiet.
+#[cfg(feature = "sqlite")]
+#[test]
+fn without_a_url_the_tool_names_the_file_it_falls_back_to() {
+    let db = Db::sqlite();
+    let file = std::fs::canonicalize(db.dir.path())
+        .expect("scratch dir")
+        .join(database_locks::DEFAULT_SQLITE_FILE);
+    let warning = format!("using the SQLite file {}", file.display());
+    let run = |args: &[&str], env: &[(&str, &str)]| {
+        let mut cmd = db.tool_without_url();
+        for (var, value) in env {
+            cmd.env(var, value);
+        }
+        common::Done::from_command(cmd, args)
+    };
+
+    // Nothing there yet: the warning, and `list` creates no file.
+    let list = run(&["list"], &[]).expect(2);
+    assert!(list.stderr.contains(&warning), "{list:#?}");
+    assert!(list.stderr.contains("no lock database at"), "{list:#?}");
+    assert!(!file.exists(), "list created {}", file.display());
+
+    let name = unique_name("default-file");
+    let done = run(&["run", &name, "--", "true"], &[]).expect(0);
+    assert_eq!(done.stderr.matches(&warning).count(), 1, "{done:#?}");
+    assert!(file.exists());
+    // An empty variable counts as unset, as in the library.
+    let done = run(&["status", &name], &[("DATABASE_LOCKS_URL", "")]).expect(1);
+    assert!(done.stderr.contains(&warning), "{done:#?}");
+
+    let path = file.display().to_string();
+    for env in [
+        &[("DATABASE_LOCKS_URL", path.as_str())][..],
+        &[("DATABASE_URL", path.as_str())][..],
+    ] {
+        let quiet = run(&["status", &name], env).expect(1);
+        assert_eq!(quiet.stderr, "", "{env:?}: {quiet:#?}");
+    }
+    let quiet = db.run_at(&path, &["status", &name]).expect(1);
+    assert_eq!(quiet.stderr, "", "{quiet:#?}");
 }

@@ -8,6 +8,8 @@
 //! names the URL: nothing is skipped.
 #![allow(dead_code)]
 
+pub mod sql;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -28,6 +30,10 @@ pub struct Db {
     pub dir: tempfile::TempDir,
     /// Behind a transaction pooler: the tool gets `DATABASE_LOCKS_TRANSACTION_POOLING=true`.
     pub pooled: bool,
+    /// Where the test's own connections go ([`Db::conn`]): the database itself, past
+    /// PgBouncer, so that a test holding a row locked does not take one of the pooler's
+    /// few server connections from the tool (or from other suites using it).
+    pub own_url: String,
 }
 
 impl Db {
@@ -39,6 +45,7 @@ impl Db {
         };
         Db {
             kind: Kind::Sqlite,
+            own_url: url.clone(),
             url,
             dir,
             pooled: false,
@@ -57,6 +64,7 @@ impl Db {
     pub fn pgbouncer() -> Db {
         Db {
             pooled: true,
+            own_url: env_url("PG_DATABASE_URL", PG_DEFAULT),
             ..Db::server(
                 Kind::Postgres,
                 env_url("PGBOUNCER_DATABASE_URL", PGBOUNCER_DEFAULT),
@@ -67,6 +75,7 @@ impl Db {
     fn server(kind: Kind, url: String) -> Db {
         let db = Db {
             kind,
+            own_url: url.clone(),
             url,
             dir: tempfile::tempdir().expect("temp dir"),
             pooled: false,
@@ -129,7 +138,7 @@ impl Db {
 }
 
 impl Done {
-    fn from_command(mut cmd: Command, args: &[&str]) -> Done {
+    pub fn from_command(mut cmd: Command, args: &[&str]) -> Done {
         let output = cmd
             .args(args)
             .output()
