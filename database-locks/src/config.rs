@@ -482,7 +482,8 @@ fn looks_like_host_port(url: &str) -> bool {
 
 /// The connection string libpq gets: the URL plus TCP settings that let the kernel find a
 /// dead peer (keepalives on an idle connection, `tcp_user_timeout` for data left
-/// unacknowledged) and a connect timeout, each only where the URL does not set it. They
+/// unacknowledged), a connect timeout and `gssencmode=disable`, each only where the URL
+/// (or, for the last, `PGGSSENCMODE`) does not set it. They
 /// bound how long a worker stays stuck on a connection that a real network dropped; the
 /// statement deadlines ([`Config::statement_timeout`]) already keep callers from waiting.
 pub(crate) fn postgres_connection_string(url: &str, config: &Config) -> String {
@@ -505,7 +506,14 @@ pub(crate) fn postgres_connection_string(url: &str, config: &Config) -> String {
     ];
     let query = url.split_once('?').map_or("", |(_, q)| q);
     let mut out = url.to_owned();
-    for (key, value) in settings {
+    // libpq's default `gssencmode=prefer` asks GSSAPI for credentials on every TCP
+    // connect, and at exit libgssapi_krb5's destructor destroys the mutexes a connect in
+    // progress on another thread still takes: the process aborts (tests/exit.rs). Who
+    // uses GSSAPI encryption says so in the URL or in PGGSSENCMODE.
+    let gss = std::env::var_os("PGGSSENCMODE")
+        .is_none()
+        .then(|| ("gssencmode", "disable".to_owned()));
+    for (key, value) in settings.into_iter().chain(gss) {
         let present = query
             .split('&')
             .any(|pair| pair.split('=').next() == Some(key));
@@ -779,7 +787,8 @@ mod tests {
         assert_eq!(
             plain,
             "postgres://u@h/db?connect_timeout=10&keepalives=1&keepalives_idle=10\
-             &keepalives_interval=5&keepalives_count=3&tcp_user_timeout=6000"
+             &keepalives_interval=5&keepalives_count=3&tcp_user_timeout=6000\
+             &gssencmode=disable"
         );
         let own = postgres_connection_string(
             "postgres://u@h/db?sslmode=disable&keepalives_idle=60&connect_timeout=3",

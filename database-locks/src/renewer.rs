@@ -34,10 +34,11 @@ pub struct LostLock {
     pub reason: String,
     /// What kind of loss it was.
     pub cause: LossCause,
-    /// The latest moment at which the lease ends by the database's clock: the send time
-    /// of the last successful renewal (or of the acquisition) plus the ttl. Work that must
-    /// not outlive the lock has to stop before then; with [`LossCause::Taken`] the row
-    /// already belongs to someone else. `None` for a lock without expiry.
+    /// The earliest moment at which the lease can end by the database's clock: the send
+    /// time of the last successful renewal (or of the acquisition) plus the ttl, since the
+    /// database set `expires_at` from its own clock after that. Work that must not outlive
+    /// the lock has to stop before then; with [`LossCause::Taken`] the row already belongs
+    /// to someone else. `None` for a lock without expiry.
     pub expires_by: Option<Instant>,
 }
 
@@ -183,7 +184,7 @@ impl LeaseState {
         }
     }
 
-    /// When the database's lease ends at the latest (see [`LostLock::expires_by`]).
+    /// The earliest the database's lease can end (see [`LostLock::expires_by`]).
     pub(crate) fn expires_by(&self) -> Option<Instant> {
         let ttl = self.ttl?;
         self.give_up_at()
