@@ -1005,7 +1005,9 @@ fn scale(target: &Target, plan: &Plan, table: &mut Table) -> Res<()> {
     table.row(
         "  threads the handle added",
         format!("{}", threads_held.saturating_sub(threads_before)),
-        "renewal and watchdog, none per lock (plus r2d2's 3 pool workers, as any r2d2 pool)",
+        "renewal, watchdog and the I/O workers that give statements their deadlines (one per \
+         statement in flight; SQLite: none), none per lock (plus r2d2's 3 pool workers, as \
+         any r2d2 pool)",
     );
     table.row(
         "  renewal statements/s while holding them",

@@ -86,9 +86,12 @@ fn usage_error(subcommand: &str, kind: ErrorKind, message: String) -> ! {
     }
 }
 
-/// Ends the process without running `atexit` handlers. A thread still acquiring (the wait
-/// was given up on a signal) may be inside a TLS handshake, and libssl's exit-time cleanup
-/// under it crashed the process now and then. Everything the tool owns is already released.
+/// Ends the process without running `atexit` handlers or library destructors. A thread
+/// still acquiring (the wait was given up on a signal) may be inside a connect. The library
+/// itself now keeps OpenSSL's exit-time cleanup away and gives libpq `gssencmode=disable`
+/// (tests/exit.rs), but a URL that asks for GSSAPI encryption would bring
+/// libgssapi_krb5's destructor back, so the tool leaves without them. Everything it owns is
+/// already released.
 fn exit_now(status: u8) -> ExitCode {
     use std::io::Write;
     let _ = std::io::stdout().flush();
