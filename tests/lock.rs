@@ -7,7 +7,7 @@ use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use common::{eventually, unique_name, Db};
-use database_locks::{Error, Locks, Migration};
+use database_locks::{Error, Locks, LossCause, Migration};
 use database_locks_testkit::on_each_backend;
 
 const SEC: Duration = Duration::from_secs(1);
@@ -166,6 +166,8 @@ fn stolen_lock_is_reported_lost_before_the_lease_ends(db: &Db) {
         .expect("lost_lock_cb ran");
     assert_eq!(lost.name, name);
     assert_eq!(lost.token, guard.token().unwrap());
+    assert_eq!(lost.cause, LossCause::Taken);
+    assert!(lost.expires_by.is_some(), "a lease with a ttl has an end");
     println!(
         "stolen [{:?}]: reported with {left:?} s of the original lease left",
         db.kind
@@ -184,6 +186,38 @@ fn stolen_lock_is_reported_lost_before_the_lease_ends(db: &Db) {
         locks.inspect(&name).unwrap().unwrap().locked_by.as_deref(),
         Some("thief")
     );
+}
+
+/// A closure that ran while its lock was lost is not a clean success: `run` returns the
+/// loss (it used to log the release error and return the value).
+fn run_reports_a_loss_while_the_closure_ran(db: &Db) {
+    let locks = db.locks();
+    let name = unique_name("run-lost");
+    let (tx, rx) = mpsc::channel();
+    let outcome = locks
+        .lock(&name)
+        .lock_ttl(Some(Duration::from_secs(3)))
+        .lock_ttl_renew(Duration::from_millis(1500))
+        .lost_lock_cb(move |lost| {
+            let _ = tx.send(lost.cause);
+        })
+        .run(|| {
+            db.steal(&name, "thief");
+            // The loss is known before the closure returns.
+            rx.recv_timeout(Duration::from_secs(10))
+                .expect("lost_lock_cb ran while the closure ran")
+        });
+    match outcome {
+        Err(Error::Lost { name: lost, .. }) => assert_eq!(lost, name),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        locks.inspect(&name).unwrap().unwrap().locked_by.as_deref(),
+        Some("thief"),
+        "the thief's row is left alone"
+    );
+    // Nothing lost: the value comes back.
+    assert_eq!(locks.lock(unique_name("run-ok")).run(|| 7).unwrap(), 7);
 }
 
 fn panic_in_the_critical_section_releases(db: &Db) {
@@ -534,6 +568,7 @@ on_each_backend!(
     same_explicit_owner_reacquires,
     renewal_keeps_the_lock_past_its_ttl,
     stolen_lock_is_reported_lost_before_the_lease_ends,
+    run_reports_a_loss_while_the_closure_ran,
     panic_in_the_critical_section_releases,
     timeout_gives_up_with_a_timeout_error,
     lock_at_least_for_keeps_the_lock_after_release,

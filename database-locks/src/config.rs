@@ -486,6 +486,8 @@ fn looks_like_host_port(url: &str) -> bool {
 /// (or, for the last, `PGGSSENCMODE`) does not set it. They
 /// bound how long a worker stays stuck on a connection that a real network dropped; the
 /// statement deadlines ([`Config::statement_timeout`]) already keep callers from waiting.
+// Only the PostgreSQL backend connects with it; the unit tests run on every feature set.
+#[cfg_attr(not(feature = "postgres"), allow(dead_code))]
 pub(crate) fn postgres_connection_string(url: &str, config: &Config) -> String {
     let millis = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
     let settings = [
