@@ -6,7 +6,7 @@ use std::time::Duration;
 use crate::error::{Error, Result};
 
 /// The default of [`Config::statement_timeout`].
-pub const DEFAULT_STATEMENT_TIMEOUT: Duration = Duration::from_secs(5);
+pub const DEFAULT_STATEMENT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The lock file used when neither `DATABASE_LOCKS_URL` nor `DATABASE_URL` is set.
 pub const DEFAULT_SQLITE_FILE: &str = "database_locks.sqlite3";
@@ -91,7 +91,7 @@ impl Config {
     /// | `DATABASE_LOCKS_STATUS_FILE` | a file showing `0` idle, `1` acquiring, `2` held | none |
     /// | `DATABASE_LOCKS_DEFAULT_TTL` | lease length in seconds, or `none` for no expiry | `10` |
     /// | `DATABASE_LOCKS_DEFAULT_TTL_RENEW` | renew this many seconds before expiry (at most half the ttl) | `2` |
-    /// | `DATABASE_LOCKS_STATEMENT_TIMEOUT` | seconds one statement may take before its connection is abandoned, see [`Config::statement_timeout`] | `5` |
+    /// | `DATABASE_LOCKS_STATEMENT_TIMEOUT` | seconds one statement may take before its connection is abandoned, see [`Config::statement_timeout`] | `10` |
     /// | `DATABASE_LOCKS_TRANSACTION_POOLING` | `true`: behind PgBouncer in transaction mode, see [`Config::transaction_pooling`] | `false` |
     /// | `DATABASE_LOCKS_NOTIFY` | `false`: waiters do not `LISTEN` for releases (PostgreSQL), see [`Config::notify`] | `true` |
     /// | `DATABASE_LOCKS_PREPARED_STATEMENTS` | `false`: no statement is prepared by name, see [`Config::prepared_statements`] | `true` |
@@ -233,17 +233,17 @@ impl Config {
         self
     }
 
-    /// The longest one statement may take (default 5 s,
+    /// The longest one statement may take (default 10 s,
     /// `DATABASE_LOCKS_STATEMENT_TIMEOUT`). A connection that goes silent (a cut network,
     /// a NAT or load balancer that forgot it, a proxy that stopped forwarding) gives no
     /// error: its next read never returns. So every statement on PostgreSQL and MySQL runs
     /// with a deadline, and one that overruns is abandoned with
     /// [`Error::Unresponsive`]: its connection is never used again, the connections
     /// opened before it are checked out no more, and a waiting acquisition or a renewal
-    /// goes on over a new one. A renewal's deadline is also at most half the time left
-    /// before the lease must be given up, so that a second try on a fresh connection still
-    /// fits; an acquisition's is at most its own timeout; a release on drop gets one
-    /// attempt of at most 1 s before it is handed to a background thread. SQLite, a file
+    /// goes on over a new one. A renewal's deadline is also at most three quarters of the
+    /// time left before the lease must be given up, so that a second try on a fresh
+    /// connection still fits; an acquisition's is at most its own timeout; a release on drop gets one
+    /// attempt of at most 2 s before it is handed to a background thread. SQLite, a file
     /// on this host, cannot go silent and runs its statements on the caller's thread.
     ///
     /// ```

@@ -12,7 +12,7 @@ use crate::renewer::LeaseState;
 /// A held lock. Dropping it stops renewal and releases the lock, on every exit path,
 /// panics included; [`release`](Self::release) does the same and reports errors.
 ///
-/// Dropping never blocks for long: it makes one attempt of at most 1 s (less with a
+/// Dropping never blocks for long: it makes one attempt of at most 2 s (less with a
 /// shorter [`Config::statement_timeout`](crate::Config::statement_timeout)), and a release
 /// that could not reach the database is retried by a background thread of the handle
 /// until it succeeds or the lease has ended.
@@ -173,7 +173,7 @@ impl LockGuard {
     /// Releases the lock now. Fails with [`Error::Lost`] when the row no longer carries
     /// this guard's owner and token (someone else holds it now, and it is left alone).
     /// Retries a failure that waiting can fix for up to the statement timeout
-    /// ([`Config::statement_timeout`](crate::Config::statement_timeout), 5 s), then reports
+    /// ([`Config::statement_timeout`](crate::Config::statement_timeout), 10 s), then reports
     /// it and leaves the release to a background thread of the handle, which keeps trying
     /// until the lease ends.
     pub fn release(mut self) -> Result<()> {
@@ -194,7 +194,7 @@ enum Wait {
 }
 
 /// The one attempt a dropped guard makes before leaving its release to the background.
-const DROP_ATTEMPT: Duration = Duration::from_secs(1);
+const DROP_ATTEMPT: Duration = Duration::from_secs(2);
 
 fn release(name: &str, held: Held, wait: Wait) -> Result<()> {
     let Held {

@@ -418,17 +418,19 @@ fn renew_loop(shared: &Shared, store: &Weak<dyn Store>) {
 /// The shortest deadline a renewal statement gets.
 const MIN_RENEW_DEADLINE: Duration = Duration::from_millis(100);
 
-/// When a renewal statement started at `now` must have answered: half the time left
-/// before the first lease of the handle (in the batch or not) must be given up, so that a
-/// second try on a fresh connection still fits, and so that a statement stuck on a silent
-/// connection delays no other lease's renewal by more than that.
+/// When a renewal statement started at `now` must have answered: three quarters of the
+/// time left before the first lease of the handle (in the batch or not) must be given up.
+/// A slow but live database gets most of the time (a statement abandoned at its deadline
+/// is not applied even if it commits later), and the last quarter is left for one more try
+/// on a fresh connection if this one went silent; a statement stuck on a silent connection
+/// delays no other lease's renewal past that lease's own last quarter.
 fn renewal_deadline(schedule: &Schedule, batch: &[Arc<LeaseState>], now: Instant) -> Instant {
     let first_give_up = batch
         .iter()
         .chain(schedule.due.values())
         .filter_map(|l| l.give_up_at())
         .min();
-    let budget = first_give_up.map_or(IDLE_WAIT, |at| at.saturating_duration_since(now) / 2);
+    let budget = first_give_up.map_or(IDLE_WAIT, |at| at.saturating_duration_since(now) * 3 / 4);
     now + budget.max(MIN_RENEW_DEADLINE)
 }
 

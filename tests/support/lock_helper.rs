@@ -140,6 +140,7 @@ fn sections(url: &str, name: &str, count: u32, dir: &Path) -> ExitCode {
     );
     let mut seed = (std::process::id() as u64) ^ (now_nanos() as u64) | 1;
     let mut overlaps = 0u32;
+    let mut late_releases = 0u32;
     for _ in 0..count {
         let guard = locks
             .lock(name)
@@ -174,7 +175,17 @@ fn sections(url: &str, name: &str, count: u32, dir: &Path) -> ExitCode {
             .expect("intervals");
         writeln!(log, "{entered} {left} {}", std::process::id()).expect("append interval");
         drop(log);
-        guard.release().unwrap_or_else(|e| panic!("release: {e}"));
+        // On a machine loaded far past its cores a release can miss its statement
+        // deadline: the library reports it and finishes it in the background, and the lock
+        // stays held until then, so exclusion is unaffected; anything else is a failure.
+        match guard.release() {
+            Ok(()) => {}
+            Err(database_locks::Error::Unresponsive { .. }) => late_releases += 1,
+            Err(e) => panic!("release: {e}"),
+        }
+    }
+    if late_releases > 0 {
+        eprintln!("{late_releases} release(s) finished in the background after their deadline");
     }
     say(&format!("overlaps {overlaps}"));
     ExitCode::SUCCESS

@@ -86,15 +86,18 @@ pub(crate) trait PooledLockConnection: Send + 'static {
     /// Keeps a connection that failed at the transport level out of the pool.
     fn mark_broken(&mut self);
     fn is_broken(&self) -> bool;
-    /// When the connection was opened; `None` when unknown (an application's pool).
-    fn opened(&self) -> Option<Instant>;
+    /// Since when the connection has been idle (opened, or last given back); `None` when
+    /// unknown (an application's pool).
+    fn idle_since(&self) -> Option<Instant>;
+    /// Records that it is given back now.
+    fn touch(&mut self);
 }
 
 /// A connection of a pool this crate built: it can be marked broken.
 pub(crate) struct Tracked<C> {
     conn: C,
     broken: bool,
-    opened: Instant,
+    idle_since: Instant,
 }
 
 impl<C: LockConnection> PooledLockConnection for Tracked<C> {
@@ -108,8 +111,11 @@ impl<C: LockConnection> PooledLockConnection for Tracked<C> {
     fn is_broken(&self) -> bool {
         self.broken
     }
-    fn opened(&self) -> Option<Instant> {
-        Some(self.opened)
+    fn idle_since(&self) -> Option<Instant> {
+        Some(self.idle_since)
+    }
+    fn touch(&mut self) {
+        self.idle_since = Instant::now();
     }
 }
 
@@ -123,13 +129,15 @@ impl<C: LockConnection> PooledLockConnection for C {
     fn is_broken(&self) -> bool {
         false
     }
-    fn opened(&self) -> Option<Instant> {
+    fn idle_since(&self) -> Option<Instant> {
         None
     }
+    fn touch(&mut self) {}
 }
 
-/// Connections opened before this moment are suspect: one of their generation went
-/// silent, and the others, opened through the same network path, are dropped at checkout
+/// Connections idle since before this moment are suspect: one of them went silent, and the
+/// others, idle on the same network path (a NAT or load balancer that forgets idle flows
+/// forgets them all), are dropped at checkout
 /// instead of each costing a statement deadline to find out.
 #[derive(Default)]
 pub(crate) struct Suspect {
@@ -142,9 +150,9 @@ impl Suspect {
             .fetch_max(crate::renewer::to_nanos(at), Ordering::SeqCst);
     }
 
-    fn includes(&self, opened: Option<Instant>) -> bool {
+    fn includes(&self, idle_since: Option<Instant>) -> bool {
         let before = self.before.load(Ordering::SeqCst);
-        opened.is_some_and(|at| before != 0 && crate::renewer::to_nanos(at) < before)
+        idle_since.is_some_and(|at| before != 0 && crate::renewer::to_nanos(at) < before)
     }
 }
 
@@ -169,30 +177,32 @@ impl<C: LockConnection> ManageConnection for Manager<C> {
     type Error = diesel::r2d2::Error;
 
     fn connect(&self) -> Result<Tracked<C>, Self::Error> {
-        let opened = Instant::now();
+        let idle_since = Instant::now();
         let mut conn = self.inner.connect()?;
         conn.setup().map_err(diesel::r2d2::Error::QueryError)?;
         Ok(Tracked {
             conn,
             broken: false,
-            opened,
+            idle_since,
         })
     }
 
     /// No round trip: a connection is refused only when it is of a suspect generation.
     /// Silence is found by the statement deadlines, which a ping could not escape either.
     fn is_valid(&self, conn: &mut Tracked<C>) -> Result<(), Self::Error> {
-        if self.suspect.includes(Some(conn.opened)) {
+        if self.suspect.includes(Some(conn.idle_since)) {
             return Err(diesel::r2d2::Error::ConnectionError(
                 diesel::ConnectionError::BadConnection(
-                    "opened before a connection of the pool went silent".into(),
+                    "idle since before a connection of the pool went silent".into(),
                 ),
             ));
         }
         Ok(())
     }
 
+    /// Called as a connection goes back to the pool: it is idle from now on.
     fn has_broken(&self, conn: &mut Tracked<C>) -> bool {
+        conn.idle_since = Instant::now();
         conn.broken || self.inner.has_broken(&mut conn.conn)
     }
 }
@@ -461,7 +471,7 @@ where
         let mut checked = match (lane, &self.dedicated) {
             (Lane::Renewal, Some(connect)) => {
                 let kept = self.renewal.lock().take();
-                match kept.filter(|c| !c.is_broken() && !self.suspect.includes(c.opened())) {
+                match kept.filter(|c| !c.is_broken() && !self.suspect.includes(c.idle_since())) {
                     Some(conn) => Checked::Own(conn),
                     None => Checked::Own(connect().map_err(|e| self.connect_error(e.to_string()))?),
                 }
@@ -518,7 +528,8 @@ where
 
     fn give_back(&self, checked: Checked<M>, lane: Lane) {
         match checked {
-            Checked::Own(conn) if lane == Lane::Renewal && !conn.is_broken() => {
+            Checked::Own(mut conn) if lane == Lane::Renewal && !conn.is_broken() => {
+                conn.touch();
                 *self.renewal.lock() = Some(conn);
             }
             // Broken ones are dropped; the pool's go back to it (and it drops broken ones).
