@@ -500,7 +500,14 @@ mod tests {
         round_trip(&mut a, b"hello");
         round_trip(&mut b, &[7u8; 100_000]);
         assert!(soon(|| proxy.open_connections() == 2));
-        assert_eq!(proxy.forwarded_bytes(), 2 * (5 + 100_000));
+        // A pump counts a chunk after writing it, so the echo can reach the client before
+        // its last chunk is counted (seen once under load: 190,122 of 200,010).
+        let expected = 2 * (5 + 100_000);
+        assert!(
+            soon(|| proxy.forwarded_bytes() == expected),
+            "{} bytes counted, {expected} sent",
+            proxy.forwarded_bytes()
+        );
         assert_eq!(proxy.swallowed_bytes(), 0);
     }
 
