@@ -119,7 +119,7 @@ impl LockGuard {
         let store = held.locks.store();
         let batch = vec![(lease.name.clone(), lease.owner.clone(), lease.token, ttl)];
         let renewed = store
-            .renew(store.deadline(lease.give_up_at()), batch)
+            .renew(store.deadline(lease.give_up_at()), batch, Box::new(|_| {}))
             .map_err(|e| e.error)?;
         if renewed.first().copied().unwrap_or(false) {
             lease.extended(sent);

@@ -170,10 +170,12 @@ impl LeaseState {
 
     /// Records a renewal (or the acquisition) whose statement was sent at `sent`: the
     /// database's lease ends no earlier than `sent + ttl`.
+    /// Never moves it earlier: a renewal that answered late may come after a later one.
     pub(crate) fn extended(&self, sent: Instant) {
         if let Some(ttl) = self.ttl {
             let give_up = sent + ttl - loss_margin(ttl, self.ttl_renew);
-            self.give_up_at.store(to_nanos(give_up), Ordering::SeqCst);
+            self.give_up_at
+                .fetch_max(to_nanos(give_up), Ordering::SeqCst);
         }
     }
 
@@ -383,7 +385,7 @@ impl Drop for Renewer {
     }
 }
 
-fn renew_loop(shared: &Shared, store: &Weak<dyn Store>) {
+fn renew_loop(shared: &Arc<Shared>, store: &Weak<dyn Store>) {
     while !shared.shutdown.load(Ordering::SeqCst) {
         let due = {
             let mut schedule = shared.schedule.lock();
@@ -435,7 +437,12 @@ fn renewal_deadline(schedule: &Schedule, batch: &[Arc<LeaseState>], now: Instant
 }
 
 /// Renews `due` in one statement and applies each lease's outcome.
-fn renew_batch(shared: &Shared, store: &dyn Store, due: &[Arc<LeaseState>], deadline: Instant) {
+fn renew_batch(
+    shared: &Arc<Shared>,
+    store: &dyn Store,
+    due: &[Arc<LeaseState>],
+    deadline: Instant,
+) {
     let sent = Instant::now();
     let leases: Vec<_> = due
         .iter()
@@ -444,7 +451,11 @@ fn renew_batch(shared: &Shared, store: &dyn Store, due: &[Arc<LeaseState>], dead
                 .map(|ttl| (l.name.clone(), l.owner.clone(), l.token, ttl))
         })
         .collect();
-    let outcome = store.renew(store.deadline(Some(deadline)), leases);
+    let late = {
+        let (shared, due) = (Arc::clone(shared), due.to_vec());
+        Box::new(move |renewed: Vec<bool>| apply_late(&shared, &due, &renewed, sent))
+    };
+    let outcome = store.renew(store.deadline(Some(deadline)), leases, late);
     let mut schedule = shared.schedule.lock();
     schedule.in_flight.clear();
     for (index, lease) in due.iter().enumerate() {
@@ -490,6 +501,28 @@ fn renew_batch(shared: &Shared, store: &dyn Store, due: &[Arc<LeaseState>], dead
     }
 }
 
+/// A renewal statement abandoned at its deadline answered after all: the leases it renewed
+/// are extended from its send time, unless they were lost or released meanwhile (a lease
+/// once declared lost stays lost: the holder has been told).
+fn apply_late(shared: &Shared, due: &[Arc<LeaseState>], renewed: &[bool], sent: Instant) {
+    let mut schedule = shared.schedule.lock();
+    for (lease, _) in due
+        .iter()
+        .zip(renewed)
+        .filter(|(lease, ok)| **ok && !lease.is_finished() && !lease.is_lost())
+    {
+        lease.extended(sent);
+        let next = sent + period(lease);
+        // Scheduled for a retry sooner than that: the retry is not needed any more. In
+        // flight (not scheduled): the statement running now schedules it.
+        let at = lease.renew_at.load(Ordering::SeqCst);
+        if at != u64::MAX && at < to_nanos(next) {
+            schedule.schedule(Arc::clone(lease), next);
+        }
+        tracing::debug!(lock = %lease.name, "a renewal that answered after its deadline counts");
+    }
+}
+
 fn watch_loop(shared: &Shared) {
     let mut schedule = shared.schedule.lock();
     while !shared.shutdown.load(Ordering::SeqCst) {
@@ -519,7 +552,7 @@ mod tests {
     use std::sync::mpsc;
 
     use super::*;
-    use crate::backend::pool::{OpError, RenewBatch};
+    use crate::backend::pool::{LateRenewal, OpError, RenewBatch};
     use crate::backend::{Attempt, Listener, LockInfo, Migration};
     use crate::config::BackendKind;
 
@@ -536,7 +569,12 @@ mod tests {
         fn statement_timeout(&self) -> Duration {
             Duration::from_secs(5)
         }
-        fn renew(&self, _: Instant, leases: RenewBatch) -> Result<Vec<bool>, OpError> {
+        fn renew(
+            &self,
+            _: Instant,
+            leases: RenewBatch,
+            _: LateRenewal,
+        ) -> Result<Vec<bool>, OpError> {
             let names = leases.iter().map(|(name, ..)| name.clone()).collect();
             let _ = self.batches.lock().send(names);
             Ok(leases

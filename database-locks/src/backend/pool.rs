@@ -29,6 +29,10 @@ pub(crate) struct OpError {
 /// The leases of one renewal statement: name, owner, token, ttl.
 pub(crate) type RenewBatch = Vec<(String, String, i64, Duration)>;
 
+/// What to do with a renewal statement's outcome when it comes after its caller gave up
+/// on it: the database did renew those leases, so the holder may count on them.
+pub(crate) type LateRenewal = Box<dyn FnOnce(Vec<bool>) + Send>;
+
 /// The operations of the protocol on one database, whatever its backend. Each finishes by
 /// its `deadline` or fails with [`Error::Unresponsive`] (a transient failure): a silent
 /// connection is abandoned, never waited for.
@@ -45,8 +49,14 @@ pub(crate) trait Store: Send + Sync + 'static {
         owner: &str,
         ttl: Option<Duration>,
     ) -> Result<Attempt, OpError>;
-    /// Runs on a connection kept for renewals, never one that acquisitions wait for.
-    fn renew(&self, deadline: Instant, leases: RenewBatch) -> Result<Vec<bool>, OpError>;
+    /// Runs on a connection kept for renewals, never one that acquisitions wait for. An
+    /// outcome that comes after `deadline` goes to `late`.
+    fn renew(
+        &self,
+        deadline: Instant,
+        leases: RenewBatch,
+        late: LateRenewal,
+    ) -> Result<Vec<bool>, OpError>;
     fn release(
         &self,
         deadline: Instant,
@@ -689,7 +699,12 @@ where
         )
     }
 
-    fn renew(&self, deadline: Instant, leases: RenewBatch) -> Result<Vec<bool>, OpError> {
+    fn renew(
+        &self,
+        deadline: Instant,
+        leases: RenewBatch,
+        late: LateRenewal,
+    ) -> Result<Vec<bool>, OpError> {
         self.run_on(
             "renew",
             deadline,
@@ -710,7 +725,7 @@ where
                     .collect();
                 c.renew(&batch)
             },
-            |_, _| {},
+            move |_, renewed| late(renewed),
         )
     }
 
