@@ -6,6 +6,7 @@
 //! MySQL; SQLite's `BEGIN IMMEDIATE` holds off every writer of the file), or one of the two
 //! fails certification (Galera). See DESIGN.md, "Fenced transactions".
 
+use std::panic::AssertUnwindSafe;
 use std::time::Instant;
 
 use diesel::result::Error as DieselError;
@@ -32,8 +33,9 @@ impl LockGuard {
     ///   connection works: pass `&mut *pooled`). On a connection that cannot see the lock's
     ///   row the call returns [`Error::WrongDatabase`]. For writes to other systems, check
     ///   [`token`](Self::token) in the write itself (README, "Fenced writes").
-    /// - An error from `f`, or a panic, rolls the transaction back, as
-    ///   [`diesel::Connection::transaction`] does; the lock stays held. A transaction that
+    /// - An error from `f` rolls the transaction back, as
+    ///   [`diesel::Connection::transaction`] does, and so does a panic (which diesel's
+    ///   `transaction` leaves open), before it goes on unwinding; the lock stays held. A transaction that
     ///   ran past the lease's renewal time renews the lease once more before committing.
     ///   While it runs, the guard's auto-renewal of the lease pauses (it would wait for the
     ///   transaction's row lock) and [`is_lost`](Self::is_lost) stays false.
@@ -81,6 +83,7 @@ impl LockGuard {
         }
         let mut pause = FencePause::new(lease, locks.inner_renewer());
         let mut extended = Instant::now();
+        let mut panicked = None;
         let outcome = conn.fenced_transaction(|conn| {
             extended = Instant::now();
             match conn.fence(lease.lease(), lease.ttl) {
@@ -91,7 +94,16 @@ impl LockGuard {
                 }
                 Err(err) => return Err(err.into()),
             }
-            let value = f(conn)?;
+            // diesel's `transaction` does not roll back on a panic: the connection would
+            // stay inside the transaction, holding the row (and on SQLite the file's write
+            // lock), until it is closed.
+            let value = match std::panic::catch_unwind(AssertUnwindSafe(|| f(conn))) {
+                Ok(value) => value?,
+                Err(payload) => {
+                    panicked = Some(payload);
+                    return Err(DieselError::RollbackTransaction.into());
+                }
+            };
             if let Some(ttl) = lease.renewal_due(extended) {
                 let sent = Instant::now();
                 if !conn.fence_renew(lease.lease(), ttl)? {
@@ -101,6 +113,10 @@ impl LockGuard {
             }
             Ok(value)
         });
+        if let Some(payload) = panicked {
+            drop(pause);
+            std::panic::resume_unwind(payload);
+        }
         if outcome.is_ok() {
             pause.committed(extended);
         }
