@@ -7,16 +7,15 @@
 
 mod common;
 
-use std::process::{Child, ChildStdin};
+use std::process::Child;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
-use common::{eventually, expect_line, lines, output_of, unique_name, wait_exit, Db};
+use common::fenced::{insert, paused_holder_is_refused, paused_inside, rows, BoxError, ROWS_TABLE};
+use common::{eventually, output_of, unique_name, Db};
 use database_locks::{Error, LockGuard, Locks};
 use database_locks_testkit::AppConn;
-
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 const SEC: Duration = Duration::from_secs(1);
 
@@ -24,24 +23,10 @@ const SEC: Duration = Duration::from_secs(1);
 /// application connection.
 fn setup<C: AppConn>(db: &Db) -> (Db, Locks, C) {
     let db = db.isolated();
-    db.exec("CREATE TABLE fenced_rows (writer varchar(16) NOT NULL, n bigint NOT NULL)");
+    db.exec(ROWS_TABLE);
     let locks = db.locks();
     let conn = C::connect(&db.url).unwrap();
     (db, locks, conn)
-}
-
-fn rows<C: AppConn>(conn: &mut C, writer: &str) -> i64 {
-    conn.number(&format!(
-        "SELECT COUNT(*) AS n FROM fenced_rows WHERE writer = '{writer}'"
-    ))
-    .unwrap()
-}
-
-fn insert<C: AppConn>(conn: &mut C, writer: &str, n: i64) -> Result<(), BoxError> {
-    conn.exec(&format!(
-        "INSERT INTO fenced_rows (writer, n) VALUES ('{writer}', {n})"
-    ))?;
-    Ok(())
 }
 
 /// A guard without auto-renewal whose loss is only recorded.
@@ -152,7 +137,7 @@ fn a_connection_to_another_database_is_refused<C: AppConn>(db: &Db) {
     let name = unique_name("fenced-elsewhere");
     let guard = held(&locks, &name, 30 * SEC);
     let other = db.isolated();
-    other.exec("CREATE TABLE fenced_rows (writer varchar(16) NOT NULL, n bigint NOT NULL)");
+    other.exec(ROWS_TABLE);
     let mut conn = C::connect(&other.url).unwrap();
     let ran = AtomicBool::new(false);
     let attempt = |conn: &mut C| {
@@ -337,136 +322,21 @@ fn a_transaction_longer_than_the_lease_commits_and_keeps_the_lock<C: AppConn>(db
     assert!(waiter_token > token);
 }
 
-// Multi-process runs.
-
-fn kill(child: &Child, signal: &str) {
-    let status = std::process::Command::new("kill")
-        .args([signal, &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success(), "kill {signal}");
-}
-
-fn send_line(stdin: &mut ChildStdin) {
-    use std::io::Write;
-    stdin.write_all(b"go\n").unwrap();
-    stdin.flush().unwrap();
-}
-
-fn spawn_holder(db: &Db, mode: &str, name: &str) -> (Child, mpsc::Receiver<String>) {
-    let mut child = db
-        .helper(&[mode, &db.url, name, "2"])
-        .stdin(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let out = lines(child.stdout.take().unwrap());
-    (child, out)
-}
-
-fn token_of(line: &str) -> u64 {
-    line.rsplit(' ').next().unwrap().parse().unwrap()
-}
-
-/// A holds with ttl 2 s and auto-renewal and is stopped for 5 s; B, on `b_db` (another
-/// Galera node, or the same database), takes the lock and writes through fenced
-/// transactions; A is continued and at once runs a fenced transaction: refused, and only
-/// B's rows are in the table.
-pub fn paused_holder_is_refused<C: AppConn>(a_db: &Db, b_db: &Db) {
-    let name = unique_name("fenced-paused");
-    let (mut a, a_out) = spawn_holder(a_db, "fenced-pause", &name);
-    let a_token = token_of(&expect_line(&a_out, "acquired", 30 * SEC));
-    kill(&a, "-STOP");
-    let b_locks = b_db.locks();
-    let b = b_locks
-        .lock(&name)
-        .timeout(30 * SEC)
-        .acquire()
-        .expect("B takes the lock once A's lease has ended");
-    let mut b_conn = C::connect(&b_db.url).unwrap();
-    for n in 0..3 {
-        b.transaction(&mut b_conn, |conn| insert(conn, "B", n))
-            .unwrap();
-    }
-    // A's stdin line waits for it; it runs the transaction as soon as it is continued.
-    send_line(a.stdin.as_mut().unwrap());
-    std::thread::sleep(5 * SEC);
-    kill(&a, "-CONT");
-    let outcome = expect_line(&a_out, "", 60 * SEC);
-    let outcome = if outcome.starts_with("lost") {
-        expect_line(&a_out, "refused", 60 * SEC)
-    } else {
-        outcome
-    };
-    println!(
-        "paused holder [{:?}]: A token {a_token}, B token {}, A's transaction: {outcome}",
-        a_db.kind,
-        b.token().unwrap()
-    );
-    assert_eq!(
-        outcome,
-        format!("refused {a_token} {}", b.token().unwrap()),
-        "A's transaction"
-    );
-    wait_exit(&mut a, 60 * SEC);
-    assert_eq!(rows(&mut b_conn, "A"), 0, "a stale commit");
-    assert_eq!(rows(&mut b_conn, "B"), 3);
-    b.release().unwrap();
-}
-
 /// A is stopped inside its fenced transaction, longer than its lease: B's acquisition
 /// waits for that transaction to end, and B's writes see A's.
 fn holder_paused_inside_its_transaction_keeps_b_out<C: AppConn>(db: &Db) {
-    let (db, _locks, mut conn) = setup::<C>(db);
-    let name = unique_name("fenced-inside");
-    let (mut a, a_out) = spawn_holder(&db, "fenced-inside", &name);
-    let a_token = token_of(&expect_line(&a_out, "acquired", 30 * SEC));
-    expect_line(&a_out, "inside", 30 * SEC);
-    kill(&a, "-STOP");
-    let got = Arc::new(AtomicBool::new(false));
-    let b = {
-        let (locks, name, got, url) = (db.locks(), name.clone(), Arc::clone(&got), db.url.clone());
-        std::thread::spawn(move || {
-            let guard = locks
-                .lock(&name)
-                .retry(Some(Duration::from_millis(50)))
-                .timeout(120 * SEC)
-                .acquire()
-                .unwrap();
-            got.store(true, Ordering::SeqCst);
-            let mut conn = C::connect(&url).unwrap();
-            let seen = guard
-                .transaction(&mut conn, |conn| -> Result<i64, BoxError> {
-                    let seen = rows(conn, "A");
-                    insert(conn, "B", 1)?;
-                    Ok(seen)
-                })
-                .unwrap();
-            (guard.token().unwrap(), seen)
-        })
-    };
-    std::thread::sleep(5 * SEC);
-    let got_while_stopped = got.load(Ordering::SeqCst);
-    send_line(a.stdin.as_mut().unwrap());
-    kill(&a, "-CONT");
-    let outcome = expect_line(&a_out, "", 60 * SEC);
-    let released = expect_line(&a_out, "", 60 * SEC);
-    wait_exit(&mut a, 60 * SEC);
-    let (b_token, b_saw) = b.join().unwrap();
-    println!(
-        "holder paused inside [{:?}]: A token {a_token}: {outcome}, {released}; B token \
-         {b_token} saw {b_saw} rows of A",
-        db.kind
-    );
+    let (db, _locks, _conn) = setup::<C>(db);
+    let seen = paused_inside::<C>(&db, &db);
     assert!(
-        !got_while_stopped,
+        !seen.got_while_stopped,
         "B took the lock while A's transaction held it"
     );
-    assert_eq!(outcome, "committed");
-    assert_eq!(released, "released", "A reported a loss");
-    assert!(b_token > a_token);
-    assert_eq!(b_saw, 2, "B's transaction sees A's rows");
-    assert_eq!(rows(&mut conn, "A"), 2);
-    assert_eq!(rows(&mut conn, "B"), 1);
+    assert_eq!(seen.outcome, "committed");
+    assert!(seen.lost.is_empty(), "A reported a loss: {:?}", seen.lost);
+    assert_eq!(seen.released, "released");
+    assert!(seen.b_token > seen.a_token);
+    assert_eq!(seen.b_saw, 2, "B's transaction sees A's rows");
+    assert_eq!((seen.a_rows, seen.b_rows), (2, 1));
 }
 
 fn lost_updates<C: AppConn>(db: &Db) {

@@ -6,6 +6,8 @@
 //! and names the URL: nothing is skipped.
 #![allow(dead_code)]
 
+pub mod fenced;
+
 use std::time::{Duration, Instant};
 
 use database_locks::{BackendKind, Config, Locks};
