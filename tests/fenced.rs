@@ -477,3 +477,36 @@ fn a_connection_of_another_backend_is_refused() {
         "{err}"
     );
 }
+
+/// `#[locked(guard = lock)]`: the body runs fenced transactions under its own lock, and a
+/// lock lost before one is refused there like any other.
+#[cfg(feature = "sqlite")]
+#[test]
+fn a_locked_body_runs_fenced_transactions_through_its_guard() {
+    use database_locks::locked;
+    use diesel::SqliteConnection;
+
+    #[locked(name = name, guard = lock, auto_renew = false, lost_lock_cb = |_| {})]
+    fn deposit(
+        name: &str,
+        conn: &mut SqliteConnection,
+        before: impl FnOnce(&str),
+    ) -> Result<u64, BoxError> {
+        before(lock.name());
+        lock.transaction(conn, |conn| insert(conn, "M", 1))?;
+        Ok(lock.token().unwrap_or_default())
+    }
+
+    let (db, locks, mut conn) = setup::<SqliteConnection>(&Db::sqlite());
+    database_locks::set_global(locks);
+    let name = unique_name("fenced-locked");
+    let token = deposit(&name, &mut conn, |_| {}).unwrap();
+    assert!(token >= 1);
+    assert_eq!(rows(&mut conn, "M"), 1);
+    let err = deposit(&name, &mut conn, |held| db.steal(held, "thief")).unwrap_err();
+    assert!(
+        matches!(lock_error(&err), Error::Fenced { token: t, .. } if *t == token + 1),
+        "{err}"
+    );
+    assert_eq!(rows(&mut conn, "M"), 1);
+}
