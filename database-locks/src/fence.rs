@@ -41,6 +41,12 @@ impl LockGuard {
     ///   transaction's row lock) and [`is_lost`](Self::is_lost) stays false.
     /// - On SQLite the transaction is `BEGIN IMMEDIATE`: it holds off every writer of the
     ///   file, this crate's acquisitions and renewals included, until it ends.
+    /// - On Galera, a taker on another node that commits first makes this transaction
+    ///   fail certification: its next statement or its commit returns the driver's error
+    ///   1213 ("Deadlock found", a [`diesel::result::Error`] in `E`), and nothing of it
+    ///   commits. Keep fenced transactions shorter than the lease there.
+    /// - The transaction runs on the caller's thread without the handle's statement
+    ///   deadlines; a connection that goes silent is the caller's to bound.
     /// - A connection already inside a transaction is refused with
     ///   [`Error::InvalidInput`] before anything is sent: the fence's row lock would outlive
     ///   the call, until the outer transaction ends.
