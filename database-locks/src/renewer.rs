@@ -801,6 +801,53 @@ mod tests {
         assert_eq!(batch, ["lease-0", "lease-1"]);
     }
 
+    /// A fenced transaction takes its lease off the schedule and the watchdog's view; the
+    /// lease is not lost past its deadline meanwhile, and goes back when it ends.
+    #[test]
+    fn a_fenced_transaction_pauses_renewal_and_loss() {
+        let (renewer, _store, batches) = renewer(&[]);
+        let (lost_tx, lost) = mpsc::channel();
+        let lease = due_leases(1, &lost_tx).remove(0);
+        // Due in a moment; its deadline passes while it is paused.
+        let lease = Arc::new(LeaseState::new(
+            lease.name.clone(),
+            lease.owner.clone(),
+            1,
+            Some(Duration::from_millis(400)),
+            Duration::from_millis(200),
+            Instant::now(),
+            lease.callback.clone(),
+        ));
+        renewer.add(Arc::clone(&lease), Instant::now());
+        let pause = FencePause::new(&lease, Some(&renewer));
+        assert!(renewer.shared.schedule.lock().due.is_empty());
+        assert!(eventually(|| lease
+            .give_up_at()
+            .is_some_and(|g| Instant::now() > g)));
+        assert!(!lease.is_lost(), "paused: nobody can take the lock");
+        assert!(batches.try_recv().is_err(), "renewed while paused");
+        // Rolled back: the lease goes back, past its deadline, and is lost.
+        drop(pause);
+        assert_eq!(lost.recv_timeout(BOUND).expect("a loss"), "lease-0");
+        assert!(lease.is_lost());
+    }
+
+    #[test]
+    fn a_committed_fenced_transaction_reschedules_a_period_after_its_last_renewal() {
+        let (renewer, _store, _batches) = renewer(&[]);
+        let (lost_tx, _lost) = mpsc::channel();
+        let lease = due_leases(1, &lost_tx).remove(0);
+        renewer.add(Arc::clone(&lease), Instant::now());
+        let mut pause = FencePause::new(&lease, Some(&renewer));
+        let sent = Instant::now();
+        pause.committed(sent);
+        drop(pause);
+        let at = lease.renew_at.load(Ordering::SeqCst);
+        assert_eq!(at, to_nanos(sent + period(&lease)));
+        assert_eq!(renewer.shared.schedule.lock().due.len(), 1);
+        assert!(!lease.is_lost());
+    }
+
     #[test]
     fn a_refused_lease_among_many_is_lost_alone() {
         let (renewer, _store, batches) = renewer(&["lease-3"]);
