@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 use std::alloc::{GlobalAlloc, Layout, System};
 
 use clap::Parser;
-use database_locks::{BackendKind, Config, Locks};
+use database_locks::{BackendKind, Config, LockGuard, Locks};
 use diesel::connection::{set_default_instrumentation, Instrumentation, InstrumentationEvent};
 
 #[derive(Debug, Parser)]
@@ -430,6 +430,37 @@ impl Raw {
         }
     }
 
+    /// One transaction that increments the scratch row: a plain diesel transaction, or a
+    /// fenced one under `guard`.
+    fn scratch_transaction(&mut self, guard: Option<&LockGuard>) -> Res<()> {
+        type BoxError = Box<dyn std::error::Error + Send + Sync>;
+        macro_rules! transaction {
+            ($conn:expr, $ty:ty) => {{
+                let body = |c: &mut $ty| -> Result<(), BoxError> {
+                    use bench_scratch::dsl::{bench_scratch as t, id, v};
+                    use diesel::{ExpressionMethods, QueryDsl, RunQueryDsl};
+                    diesel::update(t.filter(id.eq(1)))
+                        .set(v.eq(v + 1))
+                        .execute(c)?;
+                    Ok(())
+                };
+                match guard {
+                    Some(guard) => guard.transaction($conn, body),
+                    None => diesel::Connection::transaction($conn, body),
+                }
+            }};
+        }
+        match self {
+            #[cfg(feature = "postgres")]
+            Raw::Pg(c) => transaction!(c, diesel::PgConnection),
+            #[cfg(feature = "mysql")]
+            Raw::My(c) => transaction!(c, diesel::MysqlConnection),
+            #[cfg(feature = "sqlite")]
+            Raw::Lite(c) => transaction!(c, diesel::SqliteConnection),
+        }
+        .map_err(|e| e.to_string())
+    }
+
     fn has_reference(&self) -> bool {
         match self {
             #[cfg(feature = "sqlite")]
@@ -507,6 +538,7 @@ fn run(target: &Target, plan: &Plan) -> Res<()> {
     let mut table = Table(Vec::new());
 
     uncontended(target, plan, &mut raw, &locks, &mut table)?;
+    fenced(plan, &mut raw, &locks, &mut table)?;
     if target.kind == BackendKind::Postgres {
         pooling(target, plan, &mut raw, &mut table)?;
     }
@@ -613,6 +645,45 @@ fn uncontended(
         );
     }
     Ok(())
+}
+
+/// What the fence costs: a transaction of one `UPDATE`, plain and fenced (under a held
+/// lock without auto-renewal, so that only the transaction's own statements count), in
+/// alternating rounds.
+fn fenced(plan: &Plan, raw: &mut Raw, locks: &Locks, table: &mut Table) -> Res<()> {
+    let guard = locks
+        .lock("bench.fenced")
+        .lock_ttl(Some(Duration::from_secs(600)))
+        .auto_renew(false)
+        .acquire()
+        .map_err(|e| e.to_string())?;
+    rate(Duration::from_millis(200), || {
+        raw.scratch_transaction(Some(&guard))
+    })?;
+    let (mut plain, mut fenced, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut plain_st, mut fenced_st) = (0.0, 0.0);
+    for _ in 0..plan.rounds {
+        let (p, p_st) = rate(plan.round, || raw.scratch_transaction(None))?;
+        let (f, f_st) = rate(plan.round, || raw.scratch_transaction(Some(&guard)))?;
+        plain.push(p);
+        fenced.push(f);
+        ratios.push(f / p);
+        (plain_st, fenced_st) = (p_st, f_st);
+    }
+    table.row(
+        "transaction of 1 UPDATE, plain, per s",
+        format!("{:.0}", median(plain)),
+        format!("{plain_st:.1} statements per transaction (BEGIN and COMMIT included)"),
+    );
+    table.row(
+        "same, fenced (guard.transaction), per s",
+        format!("{:.0}", median(fenced)),
+        format!(
+            "{:.2} x plain; {fenced_st:.1} statements per transaction",
+            median(ratios)
+        ),
+    );
+    guard.release().map_err(|e| e.to_string())
 }
 
 /// What transaction pooling costs: acquire+release (auto_renew off) with unnamed

@@ -434,6 +434,52 @@ fn a_waiter_on_node_2_takes_over_when_node_1_releases() {
     second.release().unwrap();
 }
 
+/// A database of its own for one test, created through node 1 (replicated), and the same
+/// database seen through node 2; it is dropped with the first. It holds the application's
+/// `fenced_rows`.
+fn isolated_on_two_nodes(cluster: &Cluster) -> (Db, Db) {
+    let first = cluster.nodes[0].isolated();
+    let database = first.url.rsplit('/').next().unwrap_or_default();
+    let base = cluster.nodes[1].url.rsplit_once('/').map_or("", |(b, _)| b);
+    let second = Db::mysql_at(&format!("{base}/{database}"));
+    first.exec(common::fenced::ROWS_TABLE);
+    first.locks().migrate().unwrap();
+    (first, second)
+}
+
+/// The paused holder across nodes: A on node 1 is stopped past its lease, B takes the
+/// lock on node 2 and writes through fenced transactions; A, continued, is refused by its
+/// own node: zero stale commits.
+#[test]
+fn a_paused_holder_on_node_1_is_fenced_off_by_node_2() {
+    let cluster = cluster();
+    let (first, second) = isolated_on_two_nodes(&cluster);
+    common::fenced::paused_holder_is_refused::<MysqlConnection>(&first, &second);
+}
+
+/// A is stopped inside its fenced transaction on node 1. Nothing there holds B off on node
+/// 2 (a row lock does not cross nodes): B takes the lock once A's committed lease ends and
+/// writes. Its write set then meets A's open transaction on node 1, which loses
+/// certification: A's next statement fails, and nothing of A's transaction commits.
+#[test]
+fn a_holder_stopped_inside_its_transaction_on_node_1_commits_nothing_after_node_2_took_over() {
+    let cluster = cluster();
+    let (first, second) = isolated_on_two_nodes(&cluster);
+    let seen = common::fenced::paused_inside::<MysqlConnection>(&first, &second);
+    assert!(
+        seen.got_while_stopped,
+        "B on node 2 should not wait for A's row lock on node 1"
+    );
+    assert!(
+        seen.outcome.starts_with("failed") && seen.outcome.to_lowercase().contains("deadlock"),
+        "A's transaction: {}",
+        seen.outcome
+    );
+    assert_eq!(seen.a_rows, 0, "a stale commit on node 1");
+    assert_eq!((seen.b_saw, seen.b_rows), (0, 1));
+    assert!(seen.b_token > seen.a_token);
+}
+
 /// A lock stolen through node 3 (another owner and token written into the row) is
 /// reported lost by its holder on node 1 at its next renewal, while the original lease
 /// still runs by the database's clock; its token no longer verifies.

@@ -4,7 +4,7 @@
 use proc_macro2::Span;
 use syn::parse::{Parse, ParseStream};
 use syn::spanned::Spanned;
-use syn::{Expr, LitStr, Token};
+use syn::{Expr, Ident, LitStr, Token};
 
 mod kw {
     syn::custom_keyword!(name);
@@ -16,6 +16,7 @@ mod kw {
     syn::custom_keyword!(lock_ttl_renew);
     syn::custom_keyword!(lost_lock_cb);
     syn::custom_keyword!(lock_at_least_for);
+    syn::custom_keyword!(guard);
 }
 
 /// One `key = value` argument, with the key's span for error messages.
@@ -41,6 +42,8 @@ pub(crate) struct Args {
     pub(crate) lock_ttl_renew: Option<Setting<Expr>>,
     pub(crate) lost_lock_cb: Option<Setting<Expr>>,
     pub(crate) lock_at_least_for: Option<Setting<Expr>>,
+    /// `guard = ident`: the body sees the held guard as `ident: &LockGuard`.
+    pub(crate) guard: Option<Setting<Ident>>,
 }
 
 impl Args {
@@ -99,6 +102,21 @@ impl Parse for Args {
                     &mut args.lock_at_least_for,
                     "lock_at_least_for",
                 )?;
+            } else if lookahead.peek(kw::guard) {
+                let key: kw::guard = input.parse()?;
+                reject_duplicate(&args.guard, key.span, "guard")?;
+                input.parse::<Token![=]>()?;
+                let value = input.parse::<Ident>().map_err(|e| {
+                    syn::Error::new(
+                        e.span(),
+                        "`guard` takes a name to bind the guard to (`guard = lock`); the body \
+                         then sees it as `lock: &LockGuard`",
+                    )
+                })?;
+                args.guard = Some(Setting {
+                    key: key.span,
+                    value,
+                });
             } else {
                 return Err(lookahead.error());
             }

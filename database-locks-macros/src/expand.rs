@@ -287,6 +287,15 @@ fn locked_block(
     let guard = Ident::new("__database_locks_guard", Span::mixed_site());
     let error = Ident::new("__database_locks_error", Span::mixed_site());
     let on_error = on_error(&sig.output, &error);
+    // `guard = lock`: the user's name, with the user's span, so the body can use it.
+    let user_binding = args
+        .guard
+        .as_ref()
+        .map(|setting| {
+            let user = &setting.value;
+            quote! { let #user: &::database_locks::__private::LockGuard = &#guard; }
+        })
+        .unwrap_or_default();
     let body = quote! {
         {
             let #guard = match ::database_locks::__private::Lock::new(#name)
@@ -296,6 +305,7 @@ fn locked_block(
                 ::core::result::Result::Ok(#guard) => #guard,
                 ::core::result::Result::Err(#error) => #on_error,
             };
+            #user_binding
             #block
         }
     };

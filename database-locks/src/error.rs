@@ -52,6 +52,40 @@ pub enum Error {
         reason: String,
     },
 
+    /// A fenced transaction ([`LockGuard::transaction`](crate::LockGuard::transaction)) was
+    /// refused: the lock row no longer carries this guard's owner and token, or its lease
+    /// had ended by the database's clock. Nothing of the transaction ran or was written.
+    /// The lock is lost: stop the work it protected, or acquire it again.
+    #[error(
+        "lock {name:?} was lost: a fenced transaction with token {token} was refused and \
+         rolled back{}",
+        fenced_suffix(*.current_token, .holder)
+    )]
+    Fenced {
+        /// The lock's name.
+        name: String,
+        /// The token of the guard whose transaction was refused.
+        token: u64,
+        /// The token the row carries now (larger when someone acquired the lock since).
+        current_token: u64,
+        /// The owner holding the lease now; `None` when the row's lease has ended (expired
+        /// or released).
+        holder: Option<String>,
+    },
+
+    /// A fenced transaction ran on a connection that cannot see the lock's row: a
+    /// connection to another database (or schema) than the one the lock lives in. Nothing
+    /// ran. A fence only works in the database that holds the lock table; for other
+    /// databases, check the guard's [`token`](crate::LockGuard::token) in the write itself.
+    #[error(
+        "lock {name:?} is not in the database of this connection (no such row or lock table \
+         is visible on it); a fenced transaction must run on the lock's own database"
+    )]
+    WrongDatabase {
+        /// The lock's name.
+        name: String,
+    },
+
     /// An argument is out of range (name, ttl, renew margin). Nothing was sent to the database.
     #[error("invalid {what}: {reason}")]
     InvalidInput {
@@ -158,6 +192,13 @@ pub enum Error {
         #[source]
         source: diesel::result::Error,
     },
+}
+
+fn fenced_suffix(current_token: u64, holder: &Option<String>) -> String {
+    match holder {
+        Some(holder) => format!(" (the row now carries token {current_token}, owner {holder:?})"),
+        None => format!(" (the row now carries token {current_token}; its lease has ended)"),
+    }
 }
 
 fn holder_suffix(holder: &Option<String>) -> String {

@@ -71,6 +71,11 @@ impl LockGuard {
         }
     }
 
+    /// The handle and the lease of a held lock; `None` when locking is disabled.
+    pub(crate) fn lease(&self) -> Option<(&Locks, &Arc<LeaseState>)> {
+        self.held.as_ref().map(|h| (&h.locks, &h.lease))
+    }
+
     /// The lock's name.
     pub fn name(&self) -> &str {
         &self.name

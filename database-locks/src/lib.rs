@@ -47,6 +47,7 @@ mod builder;
 mod command;
 mod config;
 mod error;
+mod fence;
 mod guard;
 mod local;
 mod locks;

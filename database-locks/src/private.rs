@@ -5,7 +5,8 @@ use core::fmt;
 use core::marker::PhantomData;
 use core::time::Duration;
 
-use crate::{Error, LockBuilder, LockGuard, LostLock};
+pub use crate::LockGuard;
+use crate::{Error, LockBuilder, LostLock};
 
 /// `<module>::<Type>::<method>` for a method, with `Type` taken from `type_name::<Self>()`:
 /// its last path segment without generic arguments, so that `Wrapper<u8>` and

@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, LazyLock, Weak};
 use std::time::{Duration, Instant};
 
@@ -118,6 +118,11 @@ pub(crate) struct LeaseState {
     renew_at: AtomicU64,
     /// The wait before retrying a failed renewal, in nanoseconds.
     backoff: AtomicU64,
+    /// Fenced transactions holding the lease's row now (see [`FencePause`]).
+    fenced: AtomicUsize,
+    /// Whether the lease was scheduled for renewal when the first of them began.
+    /// Changed only under the renewer's schedule lock.
+    fence_scheduled: AtomicBool,
 }
 
 impl fmt::Debug for LeaseState {
@@ -155,6 +160,8 @@ impl LeaseState {
             callback,
             renew_at: AtomicU64::new(u64::MAX),
             backoff: AtomicU64::new(0),
+            fenced: AtomicUsize::new(0),
+            fence_scheduled: AtomicBool::new(false),
         };
         state.extended(sent);
         state
@@ -193,8 +200,19 @@ impl LeaseState {
             .map(|at| at + loss_margin(ttl, self.ttl_renew))
     }
 
+    /// While a fenced transaction holds the row, nobody else can take the lock (on Galera,
+    /// one of the two commits fails), so the local deadline does not apply.
     pub(crate) fn is_lost(&self) -> bool {
-        self.lost.load(Ordering::SeqCst) || self.give_up_at().is_some_and(|at| Instant::now() >= at)
+        self.lost.load(Ordering::SeqCst)
+            || (self.fenced.load(Ordering::SeqCst) == 0
+                && self.give_up_at().is_some_and(|at| Instant::now() >= at))
+    }
+
+    /// Whether a fenced transaction whose lease was last extended by a statement sent at
+    /// `sent` should extend it again before committing: the renewer would have by now.
+    pub(crate) fn renewal_due(&self, sent: Instant) -> Option<Duration> {
+        let ttl = self.ttl?;
+        (Instant::now() >= sent + period(self)).then_some(ttl)
     }
 
     pub(crate) fn is_finished(&self) -> bool {
@@ -320,6 +338,8 @@ struct Shared {
     schedule: Mutex<Schedule>,
     renew_wake: Condvar,
     watch_wake: Condvar,
+    /// Notified when a renewal statement has returned and `in_flight` is empty again.
+    flight_done: Condvar,
     shutdown: AtomicBool,
 }
 
@@ -357,9 +377,18 @@ impl Renewer {
             return;
         }
         let renew_at = sent + period(&lease);
-        let give_up_at = lease.give_up_at();
         let mut schedule = self.shared.schedule.lock();
         schedule.horizon = schedule.horizon.max(period(&lease) / 2);
+        self.schedule_and_wake(&mut schedule, lease, renew_at);
+    }
+
+    fn schedule_and_wake(
+        &self,
+        schedule: &mut Schedule,
+        lease: Arc<LeaseState>,
+        renew_at: Instant,
+    ) {
+        let give_up_at = lease.give_up_at();
         schedule.schedule(lease, renew_at);
         // Waking a thread costs a context switch per acquisition: only when it would
         // otherwise sleep past this lease's first deadline.
@@ -369,6 +398,46 @@ impl Renewer {
         if give_up_at.is_some_and(|g| schedule.watch_wake_at.is_none_or(|at| g < at)) {
             self.shared.watch_wake.notify_one();
         }
+    }
+
+    /// Takes `lease` off the schedule for a fenced transaction, after a renewal of it that
+    /// is under way has returned (it would otherwise wait for the transaction's row lock).
+    fn pause(&self, lease: &Arc<LeaseState>) {
+        let mut schedule = self.shared.schedule.lock();
+        // A renewal statement returns by its deadline; this bound only guards against a
+        // renewal thread that ended with the handle.
+        let until = Instant::now() + MAX_FLIGHT_WAIT;
+        while schedule.in_flight.iter().any(|l| Arc::ptr_eq(l, lease)) {
+            if self
+                .shared
+                .flight_done
+                .wait_until(&mut schedule, until)
+                .timed_out()
+            {
+                break;
+            }
+        }
+        if lease.fenced.fetch_add(1, Ordering::SeqCst) == 0 {
+            let scheduled = lease.renew_at.load(Ordering::SeqCst) != u64::MAX;
+            schedule.unschedule(lease);
+            lease.fence_scheduled.store(scheduled, Ordering::SeqCst);
+        }
+    }
+
+    /// Puts `lease` back on the schedule when its last fenced transaction has ended:
+    /// renewed a period after `committed` (the statement that last extended it, in a
+    /// transaction that committed), or now after a rollback, which undid the extension.
+    fn resume(&self, lease: &Arc<LeaseState>, committed: Option<Instant>) {
+        let mut schedule = self.shared.schedule.lock();
+        if lease.fenced.fetch_sub(1, Ordering::SeqCst) != 1
+            || !lease.fence_scheduled.swap(false, Ordering::SeqCst)
+            || lease.is_finished()
+            || lease.lost.load(Ordering::SeqCst)
+        {
+            return;
+        }
+        let renew_at = committed.map_or_else(Instant::now, |sent| sent + period(lease));
+        self.schedule_and_wake(&mut schedule, Arc::clone(lease), renew_at);
     }
 
     /// Stops renewing `lease` (already marked finished by its guard).
@@ -417,6 +486,53 @@ fn renew_loop(shared: &Arc<Shared>, store: &Weak<dyn Store>) {
     }
 }
 
+/// How long a fenced transaction waits for a renewal of its lease that is under way.
+const MAX_FLIGHT_WAIT: Duration = Duration::from_secs(30);
+
+/// Keeps the renewer and the watchdog off a lease while a fenced transaction holds its
+/// row: a renewal would wait for that transaction's row lock (on the handle's renewal
+/// connection, a self-deadlock until the statement deadline), and nobody else can take the
+/// lock meanwhile, so the lease cannot be lost. Ends with the transaction (on unwind too).
+pub(crate) struct FencePause<'a> {
+    lease: &'a Arc<LeaseState>,
+    renewer: Option<&'a Renewer>,
+    committed: Option<Instant>,
+}
+
+impl<'a> FencePause<'a> {
+    pub(crate) fn new(lease: &'a Arc<LeaseState>, renewer: Option<&'a Renewer>) -> Self {
+        match renewer {
+            Some(renewer) => renewer.pause(lease),
+            None => {
+                lease.fenced.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        FencePause {
+            lease,
+            renewer,
+            committed: None,
+        }
+    }
+
+    /// The transaction committed; the last statement that extended the lease in it was
+    /// sent at `sent`.
+    pub(crate) fn committed(&mut self, sent: Instant) {
+        self.lease.extended(sent);
+        self.committed = Some(sent);
+    }
+}
+
+impl Drop for FencePause<'_> {
+    fn drop(&mut self) {
+        match self.renewer {
+            Some(renewer) => renewer.resume(self.lease, self.committed),
+            None => {
+                self.lease.fenced.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+    }
+}
+
 /// The shortest deadline a renewal statement gets.
 const MIN_RENEW_DEADLINE: Duration = Duration::from_millis(100);
 
@@ -458,6 +574,7 @@ fn renew_batch(
     let outcome = store.renew(store.deadline(Some(deadline)), leases, late);
     let mut schedule = shared.schedule.lock();
     schedule.in_flight.clear();
+    shared.flight_done.notify_all();
     for (index, lease) in due.iter().enumerate() {
         if lease.is_finished() {
             // Released while the statement ran.
@@ -722,6 +839,53 @@ mod tests {
         schedule_at(&renewer, leases);
         let batch = batches.recv_timeout(BOUND).expect("a renewal");
         assert_eq!(batch, ["lease-0", "lease-1"]);
+    }
+
+    /// A fenced transaction takes its lease off the schedule and the watchdog's view; the
+    /// lease is not lost past its deadline meanwhile, and goes back when it ends.
+    #[test]
+    fn a_fenced_transaction_pauses_renewal_and_loss() {
+        let (renewer, _store, batches) = renewer(&[]);
+        let (lost_tx, lost) = mpsc::channel();
+        let lease = due_leases(1, &lost_tx).remove(0);
+        // Due in a moment; its deadline passes while it is paused.
+        let lease = Arc::new(LeaseState::new(
+            lease.name.clone(),
+            lease.owner.clone(),
+            1,
+            Some(Duration::from_millis(400)),
+            Duration::from_millis(200),
+            Instant::now(),
+            lease.callback.clone(),
+        ));
+        renewer.add(Arc::clone(&lease), Instant::now());
+        let pause = FencePause::new(&lease, Some(&renewer));
+        assert!(renewer.shared.schedule.lock().due.is_empty());
+        assert!(eventually(|| lease
+            .give_up_at()
+            .is_some_and(|g| Instant::now() > g)));
+        assert!(!lease.is_lost(), "paused: nobody can take the lock");
+        assert!(batches.try_recv().is_err(), "renewed while paused");
+        // Rolled back: the lease goes back, past its deadline, and is lost.
+        drop(pause);
+        assert_eq!(lost.recv_timeout(BOUND).expect("a loss"), "lease-0");
+        assert!(lease.is_lost());
+    }
+
+    #[test]
+    fn a_committed_fenced_transaction_reschedules_a_period_after_its_last_renewal() {
+        let (renewer, _store, _batches) = renewer(&[]);
+        let (lost_tx, _lost) = mpsc::channel();
+        let lease = due_leases(1, &lost_tx).remove(0);
+        renewer.add(Arc::clone(&lease), Instant::now());
+        let mut pause = FencePause::new(&lease, Some(&renewer));
+        let sent = Instant::now();
+        pause.committed(sent);
+        drop(pause);
+        let at = lease.renew_at.load(Ordering::SeqCst);
+        assert_eq!(at, to_nanos(sent + period(&lease)));
+        assert_eq!(renewer.shared.schedule.lock().due.len(), 1);
+        assert!(!lease.is_lost());
     }
 
     #[test]

@@ -216,3 +216,55 @@ macro_rules! on_each_backend {
         }
     };
 }
+
+/// An application's own diesel connection, for tests of fenced transactions: the same few
+/// calls on every backend, so that one test body runs on each.
+pub trait AppConn: database_locks::LockConnection + Sized {
+    /// A new connection to `url` (SQLite: with a `busy_timeout`, like the crate's own).
+    fn connect(url: &str) -> Result<Self, String>;
+
+    /// Runs `sql`; the affected-row count.
+    fn exec(&mut self, sql: &str) -> diesel::QueryResult<usize>;
+
+    /// Runs a query whose first row has a `bigint` column `n`; that value (0 without rows).
+    fn number(&mut self, sql: &str) -> diesel::QueryResult<i64>;
+}
+
+#[derive(diesel::QueryableByName)]
+struct Number {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    n: i64,
+}
+
+macro_rules! app_conn {
+    ($feature:literal, $conn:ty, $setup:expr) => {
+        #[cfg(feature = $feature)]
+        impl AppConn for $conn {
+            fn connect(url: &str) -> Result<Self, String> {
+                use diesel::Connection;
+                let mut conn = <$conn>::establish(url).map_err(|e| format!("{url}: {e}"))?;
+                if let Some(setup) = $setup {
+                    diesel::connection::SimpleConnection::batch_execute(&mut conn, setup)
+                        .map_err(|e| format!("{url}: {e}"))?;
+                }
+                Ok(conn)
+            }
+
+            fn exec(&mut self, sql: &str) -> diesel::QueryResult<usize> {
+                diesel::RunQueryDsl::execute(diesel::sql_query(sql), self)
+            }
+
+            fn number(&mut self, sql: &str) -> diesel::QueryResult<i64> {
+                let rows: Vec<Number> = diesel::RunQueryDsl::load(diesel::sql_query(sql), self)?;
+                Ok(rows.first().map_or(0, |r| r.n))
+            }
+        }
+    };
+}
+app_conn!(
+    "sqlite",
+    diesel::SqliteConnection,
+    Some("PRAGMA busy_timeout = 5000")
+);
+app_conn!("postgres", diesel::PgConnection, None::<&str>);
+app_conn!("mysql", diesel::MysqlConnection, None::<&str>);

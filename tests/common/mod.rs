@@ -6,6 +6,8 @@
 //! and names the URL: nothing is skipped.
 #![allow(dead_code)]
 
+pub mod fenced;
+
 use std::time::{Duration, Instant};
 
 use database_locks::{BackendKind, Config, Locks};
@@ -451,11 +453,29 @@ pub fn wait_exit(child: &mut Child, within: Duration) -> std::process::ExitStatu
     }
 }
 
+/// Everything `child` prints on stdout until it exits, which it must do successfully
+/// within `within`.
+pub fn output_of(child: &mut Child, within: Duration) -> String {
+    use std::io::Read;
+    let mut out = String::new();
+    child
+        .stdout
+        .take()
+        .expect("stdout piped")
+        .read_to_string(&mut out)
+        .unwrap();
+    let status = wait_exit(child, within);
+    assert!(
+        status.success(),
+        "a process failed: {status}; it printed {out}"
+    );
+    out
+}
+
 /// Runs `procs` processes (process i on `dbs[i % dbs.len()]`) of `sections` critical
 /// sections each on one name, and checks the shared counter, the markers and the
 /// enter/exit intervals (`lock-helper cs`).
 pub fn run_sections(dbs: &[&Db], procs: usize, sections: u32, label: &str) {
-    use std::io::Read;
     let dir = tempfile::tempdir().unwrap();
     let name = unique_name(label);
     let started = Instant::now();
@@ -471,15 +491,7 @@ pub fn run_sections(dbs: &[&Db], procs: usize, sections: u32, label: &str) {
         .collect();
     let mut overlaps = 0u32;
     for child in &mut children {
-        let mut out = String::new();
-        child
-            .stdout
-            .take()
-            .unwrap()
-            .read_to_string(&mut out)
-            .unwrap();
-        let status = wait_exit(child, Duration::from_secs(600));
-        assert!(status.success(), "a process failed: {status}");
+        let out = output_of(child, Duration::from_secs(600));
         let reported: u32 = out
             .lines()
             .find_map(|l| l.strip_prefix("overlaps "))

@@ -8,6 +8,9 @@
 //! lock-helper cs URL NAME COUNT DIR               COUNT critical sections (see `sections`)
 //! lock-helper wait URL NAME RETRY                 waits (polling every RETRY), then releases
 //! lock-helper exit-race URL THREADS MAX_MS         busy background threads, then returns from main
+//! lock-helper fenced-pause URL NAME TTL           holds; on a stdin line, one fenced insert
+//! lock-helper fenced-inside URL NAME TTL          holds; a fenced transaction that waits for stdin
+//! lock-helper count URL NAME fenced|plain COUNT TTL  read-modify-write increments (see `fenced.rs`)
 //! ```
 //! Settings other than the URL come from the environment (`Config::from_env_with_url`), e.g.
 //! `DATABASE_LOCKS_TRANSACTION_POOLING=true` behind PgBouncer.
@@ -22,6 +25,8 @@ use std::process::ExitCode;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use database_locks::{Config, Error, Locks};
+
+mod fenced;
 
 fn secs(arg: &str) -> Duration {
     Duration::from_secs_f64(arg.parse().unwrap_or_else(|_| panic!("not seconds: {arg}")))
@@ -68,6 +73,9 @@ fn main() -> ExitCode {
             threads.parse().expect("threads"),
             max_ms.parse().expect("milliseconds"),
         ),
+        [mode @ ("fenced-pause" | "fenced-inside" | "count"), url, rest @ ..] => {
+            fenced::main(mode, url, rest)
+        }
         ["cs", url, name, count, dir] => {
             sections(url, name, count.parse().expect("count"), Path::new(dir))
         }

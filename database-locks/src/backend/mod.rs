@@ -155,6 +155,42 @@ pub trait LockConnection: R2D2Connection + Send + 'static + sealed::Sealed {
     #[doc(hidden)]
     fn release(&mut self, lease: Lease<'_>, keep_for: Option<Duration>) -> QueryResult<bool>;
 
+    /// The first statement of a fenced transaction: writes the lease's row (extends it by
+    /// `ttl`, or rewrites the far-future expiry of a lock without one) iff name, owner and
+    /// token match and the lease is live by the database's clock. From then on the
+    /// transaction holds the row. Whether it matched.
+    #[doc(hidden)]
+    fn fence(&mut self, lease: Lease<'_>, ttl: Option<Duration>) -> QueryResult<bool>;
+
+    /// The last statement of a fenced transaction that ran past its lease's renewal time:
+    /// extends the lease by `ttl` from now, matching name, owner and token only (the
+    /// transaction has held the row since [`fence`](Self::fence), so its expiry may have
+    /// passed without anyone being able to take it).
+    #[doc(hidden)]
+    fn fence_renew(&mut self, lease: Lease<'_>, ttl: Duration) -> QueryResult<bool>;
+
+    /// Runs `f` in the transaction a fence needs: diesel's `transaction` (SQLite: `BEGIN
+    /// IMMEDIATE`, so the write lock is taken before anything is read).
+    #[doc(hidden)]
+    fn fenced_transaction<T, E, F>(&mut self, f: F) -> Result<T, E>
+    where
+        F: FnOnce(&mut Self) -> Result<T, E>,
+        E: From<DieselError>,
+    {
+        self.transaction(f)
+    }
+
+    /// Whether the connection is inside a transaction already.
+    #[doc(hidden)]
+    fn in_transaction(&mut self) -> QueryResult<bool> {
+        use diesel::connection::TransactionManager;
+        let status =
+            <Self::TransactionManager as TransactionManager<Self>>::transaction_manager_status_mut(
+                self,
+            );
+        Ok(status.transaction_depth()?.is_some())
+    }
+
     /// Whether the lease is still live and ours.
     #[doc(hidden)]
     fn verify(&mut self, lease: Lease<'_>) -> QueryResult<bool>;

@@ -85,6 +85,23 @@ const RELEASE: &str = "\
 UPDATE database_locks_lock SET expires_at = UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND
  WHERE name = ? AND CAST(locked_by AS BINARY) = ? AND token = ?";
 
+// A fenced transaction's first statement (binds: ttl µs, NULL = no expiry, then name,
+// owner, token). It must change the row, not only lock it: on Galera only a changed row is
+// replicated and certified, so a taker on another node conflicts with it. A lock without
+// expiry toggles the last microsecond of its far-future `expires_at` for that. Matched
+// rows are counted (CLIENT_FOUND_ROWS).
+const FENCE: &str = "\
+UPDATE database_locks_lock
+   SET expires_at = COALESCE(UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND,
+                             IF(expires_at = '9999-01-01 00:00:00', '9999-01-01 00:00:00.000001', '9999-01-01 00:00:00'))
+ WHERE name = ? AND CAST(locked_by AS BINARY) = ? AND token = ? AND expires_at >= UTC_TIMESTAMP(6)";
+
+// Its last one, after a transaction that ran past the lease's renewal time: the row has
+// been this transaction's since FENCE, so only owner and token are checked.
+const FENCE_RENEW: &str = "\
+UPDATE database_locks_lock SET expires_at = UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND
+ WHERE name = ? AND CAST(locked_by AS BINARY) = ? AND token = ?";
+
 const VERIFY: &str = "\
 SELECT COUNT(*) AS n FROM database_locks_lock
  WHERE name = ? AND CAST(locked_by AS BINARY) = ? AND token = ? AND expires_at >= UTC_TIMESTAMP(6)";
@@ -278,6 +295,26 @@ impl LockConnection for MysqlConnection {
             Bind::BigInt(lease.token),
         ];
         Stmt::new(RELEASE, &binds).execute(self).map(matched)
+    }
+
+    fn fence(&mut self, lease: Lease<'_>, ttl: Option<Duration>) -> QueryResult<bool> {
+        let binds = [
+            Bind::OptBigInt(micros(ttl)),
+            Bind::Text(lease.name),
+            Bind::Text(lease.owner),
+            Bind::BigInt(lease.token),
+        ];
+        Stmt::new(FENCE, &binds).execute(self).map(matched)
+    }
+
+    fn fence_renew(&mut self, lease: Lease<'_>, ttl: Duration) -> QueryResult<bool> {
+        let binds = [
+            Bind::OptBigInt(micros(Some(ttl))),
+            Bind::Text(lease.name),
+            Bind::Text(lease.owner),
+            Bind::BigInt(lease.token),
+        ];
+        Stmt::new(FENCE_RENEW, &binds).execute(self).map(matched)
     }
 
     super::lease_queries!(

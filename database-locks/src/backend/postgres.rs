@@ -75,6 +75,19 @@ const LISTEN: &str = "LISTEN database_locks_lock";
 
 const UNLISTEN: &str = "UNLISTEN database_locks_lock";
 
+// A fenced transaction's first statement (binds: ttl in seconds, NULL = no expiry, then
+// name, owner, token): a row lock taken by a write, so a taker's acquire waits for the
+// transaction to end, then re-reads the row and finds it held.
+const FENCE: &str = "\
+UPDATE database_locks_lock SET expires_at = COALESCE(clock_timestamp() + make_interval(secs => ?), expires_at)
+ WHERE name = ? AND locked_by = ? AND token = ? AND expires_at >= clock_timestamp()";
+
+// Its last one, after a transaction that ran past the lease's renewal time: the row has
+// been this transaction's since FENCE, so only owner and token are checked.
+const FENCE_RENEW: &str = "\
+UPDATE database_locks_lock SET expires_at = clock_timestamp() + make_interval(secs => ?)
+ WHERE name = ? AND locked_by = ? AND token = ?";
+
 const VERIFY: &str = "\
 SELECT COUNT(*) AS n FROM database_locks_lock
  WHERE name = ? AND locked_by = ? AND token = ? AND expires_at >= clock_timestamp()";
@@ -227,6 +240,28 @@ impl LockConnection for PgConnection {
         ];
         let rows: Vec<Count> = Stmt::new(RELEASE, &binds).load(self)?;
         Ok(rows.first().is_some_and(|c| c.n > 0))
+    }
+
+    fn fence(&mut self, lease: Lease<'_>, ttl: Option<Duration>) -> QueryResult<bool> {
+        let binds = [
+            Bind::Double(ttl_secs(ttl)),
+            Bind::Text(lease.name),
+            Bind::Text(lease.owner),
+            Bind::BigInt(lease.token),
+        ];
+        Stmt::new(FENCE, &binds).execute(self).map(super::matched)
+    }
+
+    fn fence_renew(&mut self, lease: Lease<'_>, ttl: Duration) -> QueryResult<bool> {
+        let binds = [
+            Bind::Double(ttl_secs(Some(ttl))),
+            Bind::Text(lease.name),
+            Bind::Text(lease.owner),
+            Bind::BigInt(lease.token),
+        ];
+        Stmt::new(FENCE_RENEW, &binds)
+            .execute(self)
+            .map(super::matched)
     }
 
     fn notify(&mut self, payload: &str) -> QueryResult<()> {

@@ -55,6 +55,21 @@ const RELEASE: &str = "\
 UPDATE database_locks_lock SET expires_at = strftime('%Y-%m-%d %H:%M:%f', 'now', ?) || '000'
  WHERE name = ? AND locked_by = ? AND token = ?";
 
+// A fenced transaction's first statement, inside `BEGIN IMMEDIATE` (binds: the ttl
+// modifier, NULL = no expiry, then name, owner, token).
+const FENCE: &str = "\
+UPDATE database_locks_lock
+   SET expires_at = COALESCE(strftime('%Y-%m-%d %H:%M:%f', 'now', ?) || '000', expires_at)
+ WHERE name = ? AND locked_by = ? AND token = ?
+   AND expires_at >= strftime('%Y-%m-%d %H:%M:%f', 'now') || '000'";
+
+// Its last one, after a transaction that ran past the lease's renewal time: the
+// transaction has held the file's write lock since FENCE, so only owner and token are
+// checked.
+const FENCE_RENEW: &str = "\
+UPDATE database_locks_lock SET expires_at = strftime('%Y-%m-%d %H:%M:%f', 'now', ?) || '000'
+ WHERE name = ? AND locked_by = ? AND token = ?";
+
 const VERIFY: &str = "\
 SELECT COUNT(*) AS n FROM database_locks_lock
  WHERE name = ? AND locked_by = ? AND token = ?
@@ -209,6 +224,36 @@ impl LockConnection for SqliteConnection {
             Bind::BigInt(lease.token),
         ];
         Stmt::new(RELEASE, &binds).execute(self).map(matched)
+    }
+
+    fn fence(&mut self, lease: Lease<'_>, ttl: Option<Duration>) -> QueryResult<bool> {
+        let modifier = modifier(ttl);
+        let binds = [
+            Bind::OptText(modifier.as_deref()),
+            Bind::Text(lease.name),
+            Bind::Text(lease.owner),
+            Bind::BigInt(lease.token),
+        ];
+        Stmt::new(FENCE, &binds).execute(self).map(matched)
+    }
+
+    fn fence_renew(&mut self, lease: Lease<'_>, ttl: Duration) -> QueryResult<bool> {
+        let modifier = modifier(Some(ttl)).unwrap_or_default();
+        let binds = [
+            Bind::Text(&modifier),
+            Bind::Text(lease.name),
+            Bind::Text(lease.owner),
+            Bind::BigInt(lease.token),
+        ];
+        Stmt::new(FENCE_RENEW, &binds).execute(self).map(matched)
+    }
+
+    fn fenced_transaction<T, E, F>(&mut self, f: F) -> Result<T, E>
+    where
+        F: FnOnce(&mut Self) -> Result<T, E>,
+        E: From<diesel::result::Error>,
+    {
+        self.immediate_transaction(f)
     }
 
     super::lease_queries!(

@@ -1,0 +1,6 @@
+use database_locks::locked;
+
+#[locked(guard = self.lock)]
+fn report() {}
+
+fn main() {}
