@@ -153,7 +153,8 @@ impl LeaseState {
             token,
             ttl,
             ttl_renew,
-            give_up_at: AtomicU64::new(u64::MAX),
+            // Set by `extended` below, which only moves it later; `u64::MAX`: never.
+            give_up_at: AtomicU64::new(if ttl.is_some() { 0 } else { u64::MAX }),
             lost: AtomicBool::new(false),
             reason: Mutex::new(None),
             finished: AtomicBool::new(false),
