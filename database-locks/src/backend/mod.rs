@@ -413,7 +413,7 @@ pub(crate) fn migration_outcome(before: &[String]) -> Migration {
 
 #[cfg(test)]
 mod tests {
-    use super::{breaks_connection, Failure};
+    use super::breaks_connection;
     use diesel::result::{DatabaseErrorKind, Error};
 
     fn database_error(kind: DatabaseErrorKind, message: &str) -> Error {
@@ -446,7 +446,7 @@ mod tests {
     #[cfg(feature = "mysql")]
     #[test]
     fn a_server_that_refuses_the_session_breaks_the_connection() {
-        use super::classify;
+        use super::{classify, Failure};
         use diesel::MysqlConnection;
         for message in [
             "Server shutdown in progress",
