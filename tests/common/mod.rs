@@ -473,8 +473,11 @@ pub fn output_of(child: &mut Child, within: Duration) -> String {
 }
 
 /// Runs `procs` processes (process i on `dbs[i % dbs.len()]`) of `sections` critical
-/// sections each on one name, and checks the shared counter, the markers and the
-/// enter/exit intervals (`lock-helper cs`).
+/// sections each on one name (`lock-helper cs`), and checks the shared counter and the
+/// enter/exit intervals: no two sections overlap unless the earlier one's holder was told
+/// of its loss before the later one began, and no increment is lost but by such an
+/// overlap. A loss is allowed (a process on a loaded machine can stall for longer than its
+/// lease); a holder that is not told of it in time is not.
 pub fn run_sections(dbs: &[&Db], procs: usize, sections: u32, label: &str) {
     let dir = tempfile::tempdir().unwrap();
     let name = unique_name(label);
@@ -489,16 +492,16 @@ pub fn run_sections(dbs: &[&Db], procs: usize, sections: u32, label: &str) {
                 .unwrap()
         })
         .collect();
-    let mut overlaps = 0u32;
+    let mut losses = 0u32;
     for child in &mut children {
         let out = output_of(child, Duration::from_secs(600));
         let reported: u32 = out
             .lines()
-            .find_map(|l| l.strip_prefix("overlaps "))
-            .expect("overlap count")
+            .find_map(|l| l.strip_prefix("losses "))
+            .expect("loss count")
             .parse()
             .unwrap();
-        overlaps += reported;
+        losses += reported;
     }
     let elapsed = started.elapsed();
     let total = procs as u64 * u64::from(sections);
@@ -507,32 +510,56 @@ pub fn run_sections(dbs: &[&Db], procs: usize, sections: u32, label: &str) {
         .trim()
         .parse()
         .unwrap();
-    let overlapping = overlapping_intervals(&dir.path().join("intervals"));
+    let (excused, unexcused) = overlapping_intervals(dir.path());
     println!(
         "{label} [{:?}{}, {} URL(s)]: {procs} processes x {sections} sections: counter \
-         {counter}/{total}, marker overlaps {overlaps}, overlapping intervals {overlapping}, \
-         {:.1} s ({:.0} sections/s)",
+         {counter}/{total}, overlapping intervals {unexcused} (+{excused} after a reported \
+         loss), losses {losses}, {:.1} s ({:.0} sections/s)",
         dbs[0].kind,
         if dbs[0].pooled { " via PgBouncer" } else { "" },
         dbs.len(),
         elapsed.as_secs_f64(),
         total as f64 / elapsed.as_secs_f64()
     );
-    assert_eq!(overlaps, 0, "two processes were inside at once");
-    assert_eq!(overlapping, 0, "enter/exit intervals overlap");
-    assert_eq!(counter, total, "lost updates");
+    assert_eq!(unexcused, 0, "two holders were inside at once");
+    assert!(
+        counter <= total && counter + excused as u64 >= total,
+        "lost updates: {counter}/{total} with {excused} excused overlap(s)"
+    );
 }
 
-/// How many of the `enter exit` intervals in the file overlap the next one.
-fn overlapping_intervals(path: &std::path::Path) -> usize {
-    let mut intervals: Vec<(u128, u128)> = std::fs::read_to_string(path)
+/// The overlaps among the `enter exit pid token` intervals in `dir/intervals`: those that
+/// follow a loss the earlier holder had been told of (`dir/losses`) before the later one
+/// entered, and the others.
+fn overlapping_intervals(dir: &std::path::Path) -> (usize, usize) {
+    let mut intervals: Vec<(u128, u128, u64)> = std::fs::read_to_string(dir.join("intervals"))
         .unwrap()
         .lines()
         .map(|l| {
+            let parts: Vec<u128> = l.split_whitespace().map(|p| p.parse().unwrap()).collect();
+            (parts[0], parts[1], parts[3] as u64)
+        })
+        .collect();
+    let losses: std::collections::HashMap<u64, u128> = std::fs::read_to_string(dir.join("losses"))
+        .unwrap_or_default()
+        .lines()
+        .map(|l| {
             let mut parts = l.split_whitespace().map(|p| p.parse::<u128>().unwrap());
-            (parts.next().unwrap(), parts.next().unwrap())
+            (parts.next().unwrap() as u64, parts.next().unwrap())
         })
         .collect();
     intervals.sort();
-    intervals.windows(2).filter(|w| w[1].0 < w[0].1).count()
+    let (mut excused, mut unexcused) = (0, 0);
+    for (i, earlier) in intervals.iter().enumerate() {
+        for later in intervals[i + 1..].iter().take_while(|l| l.0 < earlier.1) {
+            match losses.get(&earlier.2) {
+                Some(&told) if told <= later.0 => excused += 1,
+                _ => {
+                    eprintln!("overlap: {earlier:?} and {later:?}");
+                    unexcused += 1;
+                }
+            }
+        }
+    }
+    (excused, unexcused)
 }
