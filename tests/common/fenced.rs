@@ -71,9 +71,22 @@ pub fn paused_holder_is_refused<C: AppConn>(a_db: &Db, b_db: &Db) {
     let a_token = token_of(&expect_line(&a_out, "acquired", 30 * SEC));
     kill(&a, "-STOP");
     let b_locks = b_db.locks();
+    // B is a bystander here: it holds the lock through A's pause and A's attempt (5 s and
+    // more), and on a loaded machine a renewal can go unanswered for longer than the
+    // default lease's 1.5 s window (seen: commits waiting seconds for the WAL's fsync).
+    // A loss of B is then reported, not fatal to the test binary, and changes nothing
+    // for A: B's acquisition already moved the token past A's.
+    let b_lost = Arc::new(AtomicBool::new(false));
     let b = b_locks
         .lock(&name)
         .timeout(30 * SEC)
+        .lost_lock_cb({
+            let b_lost = Arc::clone(&b_lost);
+            move |lost| {
+                eprintln!("paused holder: B {lost}");
+                b_lost.store(true, Ordering::SeqCst);
+            }
+        })
         .acquire()
         .expect("B takes the lock once A's lease has ended");
     let mut b_conn = C::connect(&b_db.url).unwrap();
@@ -104,7 +117,10 @@ pub fn paused_holder_is_refused<C: AppConn>(a_db: &Db, b_db: &Db) {
     wait_exit(&mut a, 60 * SEC);
     assert_eq!(rows(&mut b_conn, "A"), 0, "a stale commit");
     assert_eq!(rows(&mut b_conn, "B"), 3);
-    b.release().unwrap();
+    match b.release() {
+        Err(database_locks::Error::Lost { .. }) if b_lost.load(Ordering::SeqCst) => {}
+        other => other.unwrap(),
+    }
 }
 
 /// What [`paused_inside`] saw.
