@@ -69,8 +69,11 @@ pub fn main(mode: &str, url: &str, args: &[&str]) -> ExitCode {
 }
 
 fn run<C: AppConn>(mode: &str, url: &str, args: &[&str]) -> ExitCode {
-    let mut conn = C::connect(url).unwrap_or_else(|e| panic!("app connection: {e}"));
+    // The handle first: it initialises OpenSSL without the exit-time cleanup that crashes
+    // a process exiting while a thread opens a TLS connection, which only works before
+    // libpq's first connection (the crate's docs say so; this helper got it backwards).
     let locks = handle(url);
+    let mut conn = C::connect(url).unwrap_or_else(|e| panic!("app connection: {e}"));
     match (mode, args) {
         ("fenced-pause", [name, ttl]) => pause(&locks, &mut conn, name, ttl),
         ("fenced-inside", [name, ttl]) => inside(&locks, &mut conn, name, ttl),
