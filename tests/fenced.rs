@@ -332,8 +332,15 @@ fn holder_paused_inside_its_transaction_keeps_b_out<C: AppConn>(db: &Db) {
         "B took the lock while A's transaction held it"
     );
     assert_eq!(seen.outcome, "committed");
+    // While its transaction held the row, A's lease could not be lost, paused or not.
     assert!(seen.lost.is_empty(), "A reported a loss: {:?}", seen.lost);
-    assert_eq!(seen.released, "released");
+    // After the commit, A's 2 s lease must be renewed within 1.5 s of the extension its
+    // transaction made last; on a loaded machine it sometimes is not, and the loss is
+    // then reported. Either way A released what it held.
+    assert!(
+        seen.released == "released" || seen.released == "released after loss",
+        "{seen:?}"
+    );
     assert!(seen.b_token > seen.a_token);
     assert_eq!(seen.b_saw, 2, "B's transaction sees A's rows");
     assert_eq!((seen.a_rows, seen.b_rows), (2, 1));

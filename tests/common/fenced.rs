@@ -129,8 +129,10 @@ pub struct Inside {
     pub a_token: u64,
     /// A's transaction: `committed`, `refused ...` or `failed ...`.
     pub outcome: String,
-    /// The `lost ...` lines A printed.
+    /// The `lost ...` lines A printed before its transaction's outcome.
     pub lost: Vec<String>,
+    /// Those it printed after it.
+    pub lost_after: Vec<String>,
     /// A's last line: `released`, `released after loss` or `release failed ...`.
     pub released: String,
     /// Whether B had the lock before A was continued.
@@ -182,14 +184,23 @@ pub fn paused_inside<C: AppConn>(a_db: &Db, b_db: &Db) -> Inside {
     kill(&a, "-CONT");
     wait_exit(&mut a, 60 * SEC);
     let printed: Vec<String> = a_out.try_iter().collect();
-    let (lost, rest): (Vec<String>, Vec<String>) =
-        printed.into_iter().partition(|l| l.starts_with("lost"));
+    // The lines up to A's outcome, and the losses A reported before it.
+    let outcome_at = printed
+        .iter()
+        .position(|l| !l.starts_with("lost"))
+        .unwrap_or(printed.len());
+    let lost_before = printed[..outcome_at].to_vec();
+    let (lost_after, rest): (Vec<String>, Vec<String>) = printed[outcome_at..]
+        .iter()
+        .cloned()
+        .partition(|l| l.starts_with("lost"));
     let (b_token, b_saw) = b.join().unwrap();
     let mut conn = C::connect(&b_db.url).unwrap();
     let seen = Inside {
         a_token,
         outcome: rest.first().cloned().unwrap_or_default(),
-        lost,
+        lost: lost_before,
+        lost_after,
         released: rest.last().cloned().unwrap_or_default(),
         got_while_stopped,
         b_token,
