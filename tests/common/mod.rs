@@ -479,6 +479,12 @@ pub fn output_of(child: &mut Child, within: Duration) -> String {
 /// overlap. A loss is allowed (a process on a loaded machine can stall for longer than its
 /// lease); a holder that is not told of it in time is not.
 pub fn run_sections(dbs: &[&Db], procs: usize, sections: u32, label: &str) {
+    run_sections_with(dbs, procs, sections, label, &["cs"]);
+}
+
+/// [`run_sections`] with another helper mode: `mode[0]` is the command and the rest of
+/// `mode` comes after `URL NAME COUNT DIR` (`async-cs` takes a number of tasks).
+pub fn run_sections_with(dbs: &[&Db], procs: usize, sections: u32, label: &str, mode: &[&str]) {
     let dir = tempfile::tempdir().unwrap();
     let name = unique_name(label);
     let started = Instant::now();
@@ -487,9 +493,9 @@ pub fn run_sections(dbs: &[&Db], procs: usize, sections: u32, label: &str) {
     let mut children: Vec<Child> = (0..procs)
         .map(|i| {
             let db = dbs[i % dbs.len()];
-            db.helper(&["cs", &db.url, &name, &count, &dir_arg])
-                .spawn()
-                .unwrap()
+            let mut args = vec![mode[0], &db.url, &name, &count, &dir_arg];
+            args.extend_from_slice(&mode[1..]);
+            db.helper(&args).spawn().unwrap()
         })
         .collect();
     let mut losses = 0u32;

@@ -6,6 +6,7 @@
 //! lock-helper watch URL NAME TTL RENEW HOLD       prints `lost ...` instead of exiting
 //! lock-helper try URL NAME                        one attempt: exit 0 acquired, 3 held
 //! lock-helper cs URL NAME COUNT DIR               COUNT critical sections (see `sections`)
+//! lock-helper async-cs URL NAME COUNT DIR TASKS   the same by TASKS tokio tasks
 //! lock-helper wait URL NAME RETRY                 waits (polling every RETRY), then releases
 //! lock-helper exit-race URL THREADS MAX_MS         busy background threads, then returns from main
 //! lock-helper fenced-pause URL NAME TTL           holds; on a stdin line, one fenced insert
@@ -79,6 +80,13 @@ fn main() -> ExitCode {
         ["cs", url, name, count, dir] => {
             sections(url, name, count.parse().expect("count"), Path::new(dir))
         }
+        ["async-cs", url, name, count, dir, tasks] => async_sections(
+            url,
+            name,
+            count.parse().expect("count"),
+            Path::new(dir),
+            tasks.parse().expect("tasks"),
+        ),
         _ => {
             eprintln!("usage: see the comment at the top of tests/support/lock_helper.rs");
             ExitCode::from(2)
@@ -245,6 +253,90 @@ fn sections(url: &str, name: &str, count: u32, dir: &Path) -> ExitCode {
              loss"
         );
     }
+    say(&format!(
+        "losses {}",
+        losses.load(std::sync::atomic::Ordering::SeqCst)
+    ));
+    ExitCode::SUCCESS
+}
+
+/// `cs` by TASKS tasks of a multi-thread tokio runtime, COUNT sections in all: the
+/// read-modify-write of `DIR/counter` has an `.await` between the read and the write, and
+/// the same files record intervals and losses.
+fn async_sections(url: &str, name: &str, count: u32, dir: &Path, tasks: u32) -> ExitCode {
+    let locks = handle(url);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(tasks as usize)
+        .enable_time()
+        .build()
+        .expect("runtime");
+    let losses = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+    runtime.block_on(async {
+        let workers: Vec<_> = (0..tasks)
+            .map(|_| {
+                let (locks, name, dir) = (locks.clone(), name.to_owned(), dir.to_owned());
+                let (losses, done) = (losses.clone(), done.clone());
+                tokio::spawn(async move {
+                    use std::sync::atomic::Ordering::SeqCst;
+                    while done.fetch_add(1, SeqCst) < count {
+                        loop {
+                            let (losses, losses_at) = (losses.clone(), dir.join("losses"));
+                            let guard = locks
+                                .lock(&name)
+                                .retry(Some(Duration::from_millis(20)))
+                                .timeout(Duration::from_secs(120))
+                                .lost_lock_cb(move |lost| {
+                                    let at = now_nanos();
+                                    losses.fetch_add(1, SeqCst);
+                                    eprintln!("async-cs: {lost} ({:?})", lost.cause);
+                                    let mut log = OpenOptions::new()
+                                        .create(true)
+                                        .append(true)
+                                        .open(&losses_at)
+                                        .expect("losses");
+                                    writeln!(log, "{} {at}", lost.token).expect("append loss");
+                                })
+                                .acquire_async()
+                                .await
+                                .unwrap_or_else(|e| panic!("acquire: {e}"));
+                            let token = guard.token().unwrap_or_default();
+                            let entered = now_nanos();
+                            let counter = dir.join("counter");
+                            let value: u64 = std::fs::read_to_string(&counter)
+                                .ok()
+                                .and_then(|s| s.trim().parse().ok())
+                                .unwrap_or(0);
+                            tokio::time::sleep(Duration::from_micros(entered as u64 % 2000)).await;
+                            let wrote = !guard.is_lost();
+                            if wrote {
+                                std::fs::write(&counter, (value + 1).to_string())
+                                    .expect("write counter");
+                                let left = now_nanos();
+                                let mut log = OpenOptions::new()
+                                    .create(true)
+                                    .append(true)
+                                    .open(dir.join("intervals"))
+                                    .expect("intervals");
+                                writeln!(log, "{entered} {left} {} {token}", std::process::id())
+                                    .expect("append interval");
+                            }
+                            match guard.release_async().await {
+                                Ok(()) | Err(Error::Unresponsive { .. } | Error::Lost { .. }) => {}
+                                Err(e) => panic!("release: {e}"),
+                            }
+                            if wrote {
+                                break;
+                            }
+                        }
+                    }
+                })
+            })
+            .collect();
+        for worker in workers {
+            worker.await.expect("a task failed");
+        }
+    });
     say(&format!(
         "losses {}",
         losses.load(std::sync::atomic::Ordering::SeqCst)
