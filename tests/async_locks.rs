@@ -407,6 +407,121 @@ fn options_mean_the_same(db: &Db) {
     });
 }
 
+/// The threads of this process, from `/proc/self/status`.
+fn threads() -> usize {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:"))
+        .and_then(|n| n.trim().parse().ok())
+        .expect("Threads: in /proc/self/status")
+}
+
+/// 10,000 tasks awaiting one held lock cost no thread each: the process has a handful
+/// more threads than before they began. Then they are cancelled (aborted while queued),
+/// which leaves the queue empty and the lock free for the next comer.
+fn ten_thousand_waiting_tasks_use_a_handful_of_threads(db: &Db) {
+    let locks = db.locks();
+    let name = unique_name("async-10k");
+    let runtime = current_thread();
+    let holder = runtime.block_on(locks.lock(&name).acquire_async()).unwrap();
+    let before = threads();
+    let tasks: Vec<_> = (0..10_000)
+        .map(|_| {
+            let (locks, name) = (locks.clone(), name.clone());
+            runtime.spawn(async move {
+                let guard = locks.lock(&name).acquire_async().await.unwrap();
+                guard.release_async().await.unwrap();
+            })
+        })
+        .collect();
+    runtime.block_on(async {
+        while waiting(&locks) < 10_000 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    });
+    let during = threads();
+    println!(
+        "10k waiting tasks [{:?}]: threads {before} before, {during} while they wait",
+        db.kind
+    );
+    assert!(
+        during <= before + 8,
+        "{during} threads with 10,000 waiting tasks ({before} before)"
+    );
+    runtime.block_on(async {
+        for task in &tasks {
+            task.abort();
+        }
+        for task in tasks {
+            assert!(task.await.unwrap_err().is_cancelled());
+        }
+        assert_eq!(waiting(&locks), 0);
+        holder.release_async().await.unwrap();
+        let next = locks.lock(&name).try_acquire_async().await.unwrap();
+        assert!(
+            next.is_some(),
+            "the lock was not free after the waiters went"
+        );
+    });
+}
+
+/// `examples/async_worker.rs`, two processes at once: they take turns (each holds the
+/// lock in some rounds), and no two holds overlap.
+fn two_async_workers_take_turns(db: &Db) {
+    let example = std::path::Path::new(common::HELPER)
+        .with_file_name("examples")
+        .join("async_worker");
+    assert!(
+        example.exists(),
+        "{} is missing: `cargo test` builds the examples; with a test filter, build it with \
+         `cargo build --all-features --example async_worker`",
+        example.display()
+    );
+    let name = unique_name("async-worker");
+    let workers: Vec<_> = (0..2)
+        .map(|_| {
+            std::process::Command::new(&example)
+                .args([name.as_str(), "3"])
+                .env("DATABASE_LOCKS_URL", &db.url)
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let mut holds: Vec<(u128, u128, u64, u32)> = Vec::new();
+    for mut worker in workers {
+        let pid = worker.id();
+        let out = common::output_of(&mut worker, 300 * SEC);
+        let mut from = None;
+        for line in out.lines() {
+            let words: Vec<&str> = line.split_whitespace().collect();
+            match words.as_slice() {
+                [_, "holds", _, "round", _, "token", token, "from", at] => {
+                    from = Some((at.parse().unwrap(), token.parse().unwrap()));
+                }
+                [_, "releases", _, "round", _, "token", _, "at", at] => {
+                    let (start, token) = from.take().expect("a release after a hold");
+                    holds.push((start, at.parse().unwrap(), token, pid));
+                }
+                _ => panic!("unexpected line {line:?}"),
+            }
+        }
+    }
+    assert_eq!(holds.len(), 6, "{holds:?}");
+    holds.sort();
+    for pair in holds.windows(2) {
+        assert!(pair[0].1 <= pair[1].0, "overlapping holds: {pair:?}");
+        assert!(pair[0].2 < pair[1].2, "tokens out of order: {pair:?}");
+    }
+    let turns = holds.windows(2).filter(|p| p[0].3 != p[1].3).count();
+    println!(
+        "async workers [{:?}]: 6 holds, {turns} hand-offs between the processes",
+        db.kind
+    );
+    assert!(turns >= 1, "one worker held every round: {holds:?}");
+}
+
 on_each_backend!(
     a_waiting_task_lets_the_holder_run_on_one_thread,
     a_thousand_tasks_on_one_thread,
@@ -417,4 +532,6 @@ on_each_backend!(
     guards_of_panicking_and_aborted_tasks_are_released,
     another_executor_drives_the_same_futures,
     options_mean_the_same,
+    ten_thousand_waiting_tasks_use_a_handful_of_threads,
+    two_async_workers_take_turns,
 );

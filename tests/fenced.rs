@@ -435,6 +435,50 @@ fn paused_holder_on_one_database<C: AppConn>(db: &Db) {
     paused_holder_is_refused::<C>(&db, &db);
 }
 
+/// From async code: the guard, taken with `acquire_async`, and the application's
+/// connection move into `spawn_blocking` (diesel is blocking) and come back after the
+/// fenced transaction; a guard that was lost meanwhile is refused there as anywhere.
+fn async_code_runs_fenced_transactions_in_spawn_blocking<C: AppConn + 'static>(db: &Db) {
+    let (db, locks, conn) = setup::<C>(db);
+    let name = unique_name("fenced-async");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let guard = locks
+            .lock(&name)
+            .lock_ttl(Some(30 * SEC))
+            .lost_lock_cb(|_| {})
+            .acquire_async()
+            .await
+            .unwrap();
+        let (guard, mut conn, committed) = tokio::task::spawn_blocking(move || {
+            let mut conn = conn;
+            let committed = guard.transaction(&mut conn, |conn| insert(conn, "A", 1));
+            (guard, conn, committed)
+        })
+        .await
+        .unwrap();
+        committed.unwrap();
+        assert_eq!(rows(&mut conn, "A"), 1);
+        // Taken by someone else: the same call refuses, and nothing is written.
+        assert!(db.locks().force_release(&name).unwrap());
+        let _thief = db.locks().lock(&name).try_acquire().unwrap().unwrap();
+        let (guard, mut conn, refused) = tokio::task::spawn_blocking(move || {
+            let mut conn = conn;
+            let refused = guard.transaction(&mut conn, |conn| insert(conn, "A", 2));
+            (guard, conn, refused)
+        })
+        .await
+        .unwrap();
+        let err = refused.unwrap_err();
+        assert!(matches!(lock_error(&err), Error::Fenced { .. }), "{err}");
+        assert_eq!(rows(&mut conn, "A"), 1);
+        drop(guard);
+    });
+}
+
 macro_rules! on_each_connection {
     ($($test:ident),* $(,)?) => {
         #[cfg(feature = "sqlite")]
@@ -465,6 +509,7 @@ on_each_connection!(
     paused_holder_on_one_database,
     holder_paused_inside_its_transaction_keeps_b_out,
     lost_updates,
+    async_code_runs_fenced_transactions_in_spawn_blocking,
 );
 
 /// A guard of one backend and a connection of another: refused before any SQL.

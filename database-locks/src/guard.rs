@@ -221,13 +221,13 @@ impl LockGuard {
     /// normally, nor for one of a disabled handle.
     ///
     /// ```no_run
-    /// # async fn work() {}
     /// # async fn job() -> Result<(), database_locks::Error> {
     /// let guard = database_locks::lock("ingest").acquire_async().await?;
-    /// let lost = guard.lost();
-    /// futures_lite_select(work(), lost).await;
-    /// # Ok(()) }
-    /// # async fn futures_lite_select<A, B>(_: A, _: B) {}
+    /// let lost = guard.lost(); // 'static: it may go to another task
+    /// // tokio::select! { () = work() => {}, loss = lost => eprintln!("stopped: {loss}") }
+    /// # drop(lost);
+    /// guard.release_async().await
+    /// # }
     /// ```
     pub fn lost(&self) -> impl Future<Output = LostLock> + Send + 'static {
         Lost {
