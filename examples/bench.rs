@@ -543,6 +543,7 @@ fn run(target: &Target, plan: &Plan) -> Res<()> {
         pooling(target, plan, &mut raw, &mut table)?;
     }
     handoff(target, plan, &locks, &mut table)?;
+    asynchronous(target, plan, &locks, &mut table)?;
     contended(plan, &locks, &mut table)?;
     waiters(target, plan, &mut table)?;
     scale(target, plan, &mut table)?;
@@ -832,6 +833,161 @@ fn handoff(target: &Target, plan: &Plan, locks: &Locks, table: &mut Table) -> Re
             ),
         );
     }
+    Ok(())
+}
+
+/// The async face against the blocking one, in the same run: uncontended cycles in
+/// alternating rounds, hand-off between two tasks of one process against two threads,
+/// and what 10,000 waiting tasks cost in threads and memory.
+fn asynchronous(target: &Target, plan: &Plan, locks: &Locks, table: &mut Table) -> Res<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_time()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let name = "bench.async.uncontended";
+    let blocking = acquire_release(locks, name, true);
+    let asynchronous = || -> Res<()> {
+        runtime.block_on(async {
+            let guard = locks
+                .lock(name)
+                .acquire_async()
+                .await
+                .map_err(|e| e.to_string())?;
+            guard.release_async().await.map_err(|e| e.to_string())
+        })
+    };
+    let (mut blocking, mut asynchronous) = (blocking, asynchronous);
+    rate(Duration::from_millis(200), &mut asynchronous)?;
+    let (mut b_rates, mut a_rates, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..plan.rounds {
+        let (b, _) = rate(plan.round, &mut blocking)?;
+        let (a, _) = rate(plan.round, &mut asynchronous)?;
+        b_rates.push(b);
+        a_rates.push(a);
+        ratios.push(a / b);
+    }
+    table.row(
+        "async acquire+release (tokio), uncontended, cycles/s",
+        format!("{:.0}", median(a_rates)),
+        format!(
+            "{:.2} x the blocking path's {:.0} in alternating rounds (target >= 0.8)",
+            median(ratios),
+            median(b_rates)
+        ),
+    );
+
+    // Hand-off inside one process: tasks against threads, the same releases.
+    let mut rng = Lcg(11);
+    let (mut tasks, mut threads) = (Vec::new(), Vec::new());
+    for i in 0..plan.handoffs {
+        let pause = Duration::from_millis(1 + rng.next_below(20));
+        let name = format!("bench.async.handoff.{}", i % 4);
+        tasks.push(runtime.block_on(async {
+            let guard = locks
+                .lock(&name)
+                .acquire_async()
+                .await
+                .map_err(|e| e.to_string())?;
+            let waiter = tokio::spawn({
+                let (locks, name) = (locks.clone(), name.clone());
+                async move {
+                    let guard = locks
+                        .lock(&name)
+                        .acquire_async()
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    let got = Instant::now();
+                    guard.release_async().await.map_err(|e| e.to_string())?;
+                    Ok::<_, String>(got)
+                }
+            });
+            tokio::time::sleep(pause).await;
+            guard.release_async().await.map_err(|e| e.to_string())?;
+            let released = Instant::now();
+            let got = waiter.await.map_err(|e| e.to_string())??;
+            Ok::<_, String>(got.saturating_duration_since(released))
+        })?);
+        let guard = locks.lock(&name).acquire().map_err(|e| e.to_string())?;
+        let waiter = {
+            let (locks, name) = (locks.clone(), name.clone());
+            thread::spawn(move || -> Res<Instant> {
+                let guard = locks.lock(&name).acquire().map_err(|e| e.to_string())?;
+                let got = Instant::now();
+                guard.release().map_err(|e| e.to_string())?;
+                Ok(got)
+            })
+        };
+        thread::sleep(pause);
+        guard.release().map_err(|e| e.to_string())?;
+        let released = Instant::now();
+        let got = waiter
+            .join()
+            .map_err(|_| "the waiter panicked".to_string())??;
+        threads.push(got.saturating_duration_since(released));
+    }
+    tasks.sort();
+    threads.sort();
+    table.row(
+        format!(
+            "hand-off between two tasks of one process, p50 / p99 ({} runs)",
+            tasks.len()
+        ),
+        format!(
+            "{} / {}",
+            ms(percentile(&tasks, 50.0)),
+            ms(percentile(&tasks, 99.0))
+        ),
+        format!(
+            "two threads, the same runs: {} / {} (target: tasks' p50 within 2 x)",
+            ms(percentile(&threads, 50.0)),
+            ms(percentile(&threads, 99.0))
+        ),
+    );
+
+    // 10,000 waiting tasks on one held lock.
+    let waiting_locks = target.locks()?;
+    let name = "bench.async.waiting";
+    let holder = locks.lock(name).acquire().map_err(|e| e.to_string())?;
+    let (threads_before, rss_before) = (named_threads(""), rss_bytes());
+    let waiters: Vec<_> = (0..10_000)
+        .map(|_| {
+            let locks = waiting_locks.clone();
+            runtime.spawn(async move {
+                let guard = locks
+                    .lock(name)
+                    .acquire_async()
+                    .await
+                    .map_err(|e| e.to_string())?;
+                guard.release_async().await.map_err(|e| e.to_string())
+            })
+        })
+        .collect();
+    while !format!("{waiting_locks:?}").contains("waiting: 10000") {
+        thread::sleep(Duration::from_millis(20));
+    }
+    let before = statements();
+    let started = Instant::now();
+    thread::sleep(plan.waiting);
+    let per_sec = (statements() - before) as f64 / started.elapsed().as_secs_f64();
+    let (threads_during, rss_during) = (named_threads(""), rss_bytes());
+    holder.release().map_err(|e| e.to_string())?;
+    let drained = Instant::now();
+    for waiter in waiters {
+        runtime.block_on(waiter).map_err(|e| e.to_string())??;
+    }
+    table.row(
+        "10,000 tasks waiting on a held lock: threads added, memory per task",
+        format!(
+            "{} threads, {:.1} KiB",
+            threads_during.saturating_sub(threads_before),
+            rss_during.saturating_sub(rss_before) as f64 / 10_000.0 / 1024.0
+        ),
+        format!(
+            "{per_sec:.1} statements/s while they wait; then all took it in turn in {}",
+            ms(drained.elapsed())
+        ),
+    );
     Ok(())
 }
 

@@ -14,6 +14,19 @@ use database_locks_testkit::on_each_backend;
 
 const SEC: Duration = Duration::from_secs(1);
 
+/// The futures go to `tokio::spawn`, and the guard is held across `.await`.
+#[allow(dead_code, reason = "compiled, not run: the bounds are the test")]
+fn futures_are_send_and_static(locks: &Locks, guard: LockGuard) {
+    fn send_static<T: Send + 'static>(_: T) {}
+    fn send<T: Send>(_: T) {}
+    fn send_sync<T: Send + Sync>(_: &T) {}
+    send_sync(&guard);
+    send_static(locks.lock("n").acquire_async());
+    send_static(locks.lock("n").try_acquire_async());
+    send_static(guard.lost());
+    send(guard.release_async());
+}
+
 fn current_thread() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
         .enable_time()
