@@ -20,6 +20,12 @@ use crate::releaser::Pending;
 /// that could not reach the database is retried by a background thread of the handle
 /// until it succeeds or the lease has ended.
 ///
+/// A guard taken with [`acquire_async`](crate::LockBuilder::acquire_async) never blocks
+/// its task's thread when dropped: the release runs on a thread of the crate. Await
+/// [`release_async`](Self::release_async) where the process may exit right after (the end
+/// of `main`): a release still in the background when the process ends does not happen,
+/// and the lock stays taken until its lease runs out.
+///
 /// With locking disabled the guard holds nothing: [`is_held`](Self::is_held) is false
 /// and [`token`](Self::token) is `None`.
 #[must_use = "the lock is released as soon as the guard is dropped; bind it to a variable"]
