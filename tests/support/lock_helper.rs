@@ -303,15 +303,11 @@ fn async_sections(url: &str, name: &str, count: u32, dir: &Path, tasks: u32) -> 
                             let token = guard.token().unwrap_or_default();
                             let entered = now_nanos();
                             let counter = dir.join("counter");
-                            let value: u64 = std::fs::read_to_string(&counter)
-                                .ok()
-                                .and_then(|s| s.trim().parse().ok())
-                                .unwrap_or(0);
+                            let value = read_counter(&counter);
                             tokio::time::sleep(Duration::from_micros(entered as u64 % 2000)).await;
                             let wrote = !guard.is_lost();
                             if wrote {
-                                std::fs::write(&counter, (value + 1).to_string())
-                                    .expect("write counter");
+                                write_counter(&counter, value + 1);
                                 let left = now_nanos();
                                 let mut log = OpenOptions::new()
                                     .create(true)
