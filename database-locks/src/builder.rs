@@ -1,16 +1,18 @@
-//! The lock builder: the seed's keyword arguments as methods, and the acquisition loop.
+//! The lock builder: the seed's keyword arguments as methods. The loop that acquires is
+//! in `acquire.rs`.
 
 use std::fmt;
+use std::future::Future;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::thread::ThreadId;
+use std::time::Duration;
 
-use crate::backend::Attempt;
-use crate::backend::Failure;
+use crate::acquire::{Acquisition, Request};
 use crate::error::{Error, Result};
 use crate::guard::LockGuard;
-use crate::local::{SelfWait, Wake};
-use crate::locks::{default_owner, transient, Locks};
-use crate::renewer::{LeaseState, LostCallback, LostLock};
+use crate::lease::{LostCallback, LostLock};
+use crate::local::SelfWait;
+use crate::locks::{default_owner, Locks};
 
 /// The longest lease accepted; use `lock_ttl(None)` for a lock that never expires.
 pub const MAX_TTL: Duration = Duration::from_secs(366 * 86_400);
@@ -193,6 +195,64 @@ impl LockBuilder {
     }
 
     fn acquire_inner(self, once: bool) -> Result<Option<LockGuard>> {
+        match self.request(once, Some(std::thread::current().id()))? {
+            Ok(request) => Acquisition::new(request).run_blocking(),
+            Err(disabled) => Ok(Some(disabled)),
+        }
+    }
+
+    /// Takes the lock, waiting as configured, without blocking the task's thread: the
+    /// statements run on the crate's threads and the wait is woken by them (releases in
+    /// this process, the PostgreSQL listener, timers), so it runs on any executor. Every
+    /// option means what it means for [`acquire`](Self::acquire).
+    ///
+    /// Cancel-safe: dropping the future at any point leaves no lock behind (a lock granted
+    /// after the drop is released at once). Tasks are not threads, so no task is refused
+    /// with [`Error::WouldDeadlock`] because another task on its thread holds the lock.
+    ///
+    /// ```no_run
+    /// # async fn job() -> Result<(), database_locks::Error> {
+    /// use std::time::Duration;
+    ///
+    /// let guard = database_locks::lock("nightly-report")
+    ///     .timeout(Duration::from_secs(30))
+    ///     .acquire_async()
+    ///     .await?;
+    /// // ... exactly one task in all processes at a time gets here ...
+    /// guard.release_async().await?;
+    /// # Ok(()) }
+    /// ```
+    #[allow(
+        clippy::manual_async_fn,
+        reason = "the signature promises `Send + 'static`, which callers of `tokio::spawn` rely on"
+    )]
+    pub fn acquire_async(self) -> impl Future<Output = Result<LockGuard>> + Send + 'static {
+        async move {
+            let name = self.name.clone();
+            self.acquire_async_inner(false)
+                .await?
+                .ok_or(Error::NotAcquired { name, holder: None })
+        }
+    }
+
+    /// One attempt, as [`try_acquire`](Self::try_acquire), without blocking the task's
+    /// thread: `Ok(None)` when another owner holds the lock.
+    pub fn try_acquire_async(
+        self,
+    ) -> impl Future<Output = Result<Option<LockGuard>>> + Send + 'static {
+        self.acquire_async_inner(true)
+    }
+
+    async fn acquire_async_inner(self, once: bool) -> Result<Option<LockGuard>> {
+        match self.request(once, None)? {
+            Ok(request) => Acquisition::new(request).run_async().await,
+            Err(disabled) => Ok(Some(disabled)),
+        }
+    }
+
+    /// The checked request, or the guard of a disabled handle. `thread`: the acquiring
+    /// thread, `None` for a task (which may move between threads).
+    fn request(self, once: bool, thread: Option<ThreadId>) -> Result<Result<Request, LockGuard>> {
         let locks = self.handle?;
         let settings = locks.settings();
         let ttl = self.lock_ttl.unwrap_or(settings.default_ttl);
@@ -215,11 +275,12 @@ impl LockBuilder {
 
         if !settings.enabled {
             tracing::warn!(lock = %self.name, "database locks are disabled; running without the lock");
-            return Ok(Some(LockGuard::disabled(self.name)));
+            return Ok(Err(LockGuard::disabled(self.name)));
         }
-        // Only an acquisition that waits can wait for ever on its own thread's guard.
+        // Only an acquisition that waits can wait for ever on its own thread's guard; a
+        // task is not its thread.
         let waits = !once && self.retry.is_some();
-        if waits {
+        if waits && thread.is_some() {
             match locks
                 .inner
                 .local
@@ -237,138 +298,24 @@ impl LockBuilder {
                 ),
             }
         }
-
         let owner = self.locked_by.unwrap_or_else(default_owner);
-        let retry = if once { None } else { self.retry };
-        let started = Instant::now();
-        // A timeout too long to represent waits for ever.
-        let deadline = self.timeout.and_then(|t| started.checked_add(t));
-        let local = &locks.inner.local;
-        // Registered until this function returns; a waiting acquisition joins the name's
-        // queue (see `local.rs`): only its front polls, and a release hands the front the
-        // next attempt.
-        let (waiter, mut attempt) = local.enqueue(&self.name, &owner, retry.is_some());
-        let mut holder = None;
-        let mut wake_at = None;
-        let mut repaired = false;
-        // Whether the database ever answered, and the last failure if it did not: an
-        // acquisition that timed out without an answer reports why.
-        let mut answered = false;
-        let mut last_error = None;
-        loop {
-            if attempt {
-                waiter.begin_attempt();
-                let sent = Instant::now();
-                wake_at = None;
-                let store = locks.store();
-                // An attempt made as the timeout runs out (the last look) still gets a
-                // moment to answer.
-                let limit = deadline.map(|d| d.max(sent + LAST_ATTEMPT));
-                let result = locks.prepare(limit).and_then(|()| {
-                    store.try_acquire(store.deadline(limit), &self.name, &owner, ttl)
-                });
-                match result {
-                    Ok(Attempt::Acquired { token }) => {
-                        let lease = Arc::new(LeaseState::new(
-                            self.name,
-                            owner,
-                            token,
-                            ttl,
-                            ttl_renew,
-                            sent,
-                            self.lost_lock_cb,
-                        ));
-                        if self.auto_renew && ttl.is_some() {
-                            locks.renewer()?.add(Arc::clone(&lease), sent);
-                        }
-                        tracing::debug!(lock = %lease.name, owner = %lease.owner, token, "lock acquired");
-                        return Ok(Some(LockGuard::held(
-                            locks.clone(),
-                            lease,
-                            self.lock_at_least_for,
-                            self.pinned,
-                        )));
-                    }
-                    Ok(Attempt::Held {
-                        holder: seen_holder,
-                        expires_in,
-                    }) => {
-                        holder = seen_holder.or(holder);
-                        answered = true;
-                        // The holder's lease ends before the next poll: try right after it.
-                        wake_at = expires_in.and_then(|left| {
-                            Instant::now().checked_add(left + Duration::from_millis(1))
-                        });
-                    }
-                    Err(err)
-                        if err.failure == Failure::MissingTable
-                            && !repaired
-                            && settings.auto_migrate =>
-                    {
-                        repaired = true;
-                        locks.table_missing();
-                        continue;
-                    }
-                    // Waited out only by an acquisition that waits; a single attempt reports it.
-                    Err(err) if transient(&err) && retry.is_some() => {
-                        tracing::debug!(lock = %self.name, "acquire attempt failed, will retry: {}", err.error);
-                        last_error = Some(err.error);
-                    }
-                    Err(err) => return Err(err.error),
-                }
-                waiter.end_attempt();
-            }
-            let Some(retry) = retry else {
-                if once {
-                    return Ok(None);
-                }
-                return Err(Error::NotAcquired {
-                    name: self.name,
-                    holder,
-                });
-            };
-            let now = Instant::now();
-            if deadline.is_some_and(|d| now >= d) {
-                if let (false, Some(err)) = (answered, last_error) {
-                    return Err(err);
-                }
-                return Err(Error::Timeout {
-                    name: self.name,
-                    waited: now - started,
-                    holder,
-                });
-            }
-            // Releases elsewhere wake waiters through the handle's listener (PostgreSQL),
-            // started by the first wait; releases it missed while starting are made up
-            // for by an attempt of every queue's front once it listens.
-            local.listen(&locks.inner.store);
-            // Only the front of the queue polls, at the retry period or right after the
-            // holder's known expiry; the others wait to be handed an attempt.
-            let front = waiter.is_front();
-            let mut next = deadline.unwrap_or(now + IDLE_CHECK);
-            if front {
-                next = next.min(now.checked_add(retry).unwrap_or(next));
-                if let Some(at) = wake_at {
-                    next = next.min(at);
-                }
-            }
-            attempt = match waiter.wait(next, front) {
-                Wake::Turn => true,
-                Wake::Promoted => false,
-                // A waiter that is not at the front wakes on the deadline only.
-                Wake::Timer => front || deadline.is_some_and(|d| Instant::now() >= d),
-            };
-        }
+        Ok(Ok(Request {
+            locks,
+            name: self.name,
+            owner,
+            ttl,
+            ttl_renew,
+            auto_renew: self.auto_renew,
+            retry: if once { None } else { self.retry },
+            once,
+            timeout: self.timeout,
+            callback: self.lost_lock_cb,
+            at_least: self.lock_at_least_for,
+            pinned: self.pinned,
+            thread,
+        }))
     }
 }
-
-/// The least time an attempt gets to answer, even when the acquisition's timeout is
-/// about to run out.
-const LAST_ATTEMPT: Duration = Duration::from_millis(250);
-
-/// How long a waiter that is not at the front of its queue sleeps at most before looking
-/// at its state again (it does not poll the database then).
-const IDLE_CHECK: Duration = Duration::from_secs(3600);
 
 /// The renewal margin of a lock that does not set `lock_ttl_renew`: the handle's default
 /// (2 s unless configured), but at most half the lease, so that a short lease (`--ttl 1`)

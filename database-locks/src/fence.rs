@@ -14,7 +14,8 @@ use diesel::result::Error as DieselError;
 use crate::backend::{classify, Failure, Lease, LockConnection};
 use crate::error::Error;
 use crate::guard::LockGuard;
-use crate::renewer::{FencePause, LeaseState};
+use crate::lease::LeaseState;
+use crate::renewer::FencePause;
 
 impl LockGuard {
     /// Runs `f` in one transaction on `conn` that commits only while this guard holds the

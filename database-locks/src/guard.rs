@@ -1,13 +1,16 @@
 //! The RAII guard of a held lock.
 
 use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
+use crate::lease::{LeaseState, LostLock};
 use crate::locks::{transient, Locks};
 use crate::releaser::Pending;
-use crate::renewer::LeaseState;
 
 /// A held lock. Dropping it stops renewal and releases the lock, on every exit path,
 /// panics included; [`release`](Self::release) does the same and reports errors.
@@ -31,6 +34,8 @@ struct Held {
     at_least: Option<Duration>,
     acquired_at: Instant,
     local_id: u64,
+    /// Taken by a task: dropping it never blocks its thread (see `Drop`).
+    from_task: bool,
 }
 
 impl fmt::Debug for LockGuard {
@@ -54,11 +59,12 @@ impl LockGuard {
         lease: Arc<LeaseState>,
         at_least: Option<Duration>,
         pinned: bool,
+        thread: Option<std::thread::ThreadId>,
     ) -> Self {
         let local_id = locks
             .inner
             .local
-            .acquired(&lease.name, &lease.owner, pinned);
+            .acquired(&lease.name, &lease.owner, pinned, thread);
         LockGuard {
             name: lease.name.clone(),
             held: Some(Held {
@@ -67,6 +73,7 @@ impl LockGuard {
                 at_least,
                 acquired_at: Instant::now(),
                 local_id,
+                from_task: thread.is_none(),
             }),
         }
     }
@@ -131,7 +138,7 @@ impl LockGuard {
             Ok(())
         } else {
             lease.declare_lost(
-                crate::renewer::LossCause::Taken,
+                crate::lease::LossCause::Taken,
                 "a manual renewal found another owner or token, or an expired lease".into(),
             );
             Err(self.lost_error_of(lease))
@@ -187,6 +194,91 @@ impl LockGuard {
             None => Ok(()),
         }
     }
+
+    /// [`release`](Self::release) without blocking the task's thread: the statement runs
+    /// on a thread of the crate. The release happens even if this future is dropped
+    /// before it completes; awaiting it is what reports the outcome.
+    pub fn release_async(mut self) -> impl Future<Output = Result<()>> + Send {
+        let job = self.held.take().map(|held| {
+            let name = self.name.clone();
+            crate::offload::offload(move || release(&name, held, Wait::Report), None)
+        });
+        async move {
+            match job {
+                Some(job) => job.await.map_err(|source| Error::Thread {
+                    thread: "async worker",
+                    source,
+                })?,
+                None => Ok(()),
+            }
+        }
+    }
+
+    /// Completes when the lock is lost: a renewal found another owner (force-released,
+    /// taken over), or the lease is about to run out unrenewed. It completes before the
+    /// lease ends by the database's clock ([`LostLock::expires_by`]), so work that
+    /// `select!`s on it stops in time. Never completes for a guard that is released
+    /// normally, nor for one of a disabled handle.
+    ///
+    /// ```no_run
+    /// # async fn work() {}
+    /// # async fn job() -> Result<(), database_locks::Error> {
+    /// let guard = database_locks::lock("ingest").acquire_async().await?;
+    /// let lost = guard.lost();
+    /// futures_lite_select(work(), lost).await;
+    /// # Ok(()) }
+    /// # async fn futures_lite_select<A, B>(_: A, _: B) {}
+    /// ```
+    pub fn lost(&self) -> impl Future<Output = LostLock> + Send + 'static {
+        Lost {
+            lease: self.held.as_ref().map(|h| Arc::clone(&h.lease)),
+            sleep: None,
+        }
+    }
+}
+
+/// The future of [`LockGuard::lost`].
+struct Lost {
+    lease: Option<Arc<LeaseState>>,
+    /// Wakes the task at the lease's local deadline, for a lease nobody renews (and so
+    /// nobody declares lost).
+    sleep: Option<crate::timer::Sleep>,
+}
+
+impl Future for Lost {
+    type Output = LostLock;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<LostLock> {
+        let this = self.get_mut();
+        let Some(lease) = &this.lease else {
+            return Poll::Pending;
+        };
+        if lease.is_finished() {
+            return Poll::Pending;
+        }
+        lease.wake_on_loss(cx.waker());
+        if let Some(loss) = lease.loss() {
+            return Poll::Ready(loss);
+        }
+        // The deadline moves later with each renewal: sleep until the current one.
+        if let Some(mut at) = lease.give_up_at() {
+            let now = Instant::now();
+            if at <= now {
+                // Past it but not lost: a fenced transaction holds the row. Look again soon.
+                at = now + Duration::from_millis(100);
+            }
+            if this.sleep.as_ref().is_none_or(|s| s.at() != at) {
+                this.sleep = Some(crate::timer::sleep_until(at));
+            }
+            if let Some(sleep) = &mut this.sleep {
+                if Pin::new(sleep).poll(cx).is_ready() {
+                    // Woken at the deadline: look again (a renewal may have moved it).
+                    cx.waker().wake_by_ref();
+                }
+            }
+        }
+        Poll::Pending
+    }
 }
 
 /// How a release may wait.
@@ -208,6 +300,7 @@ fn release(name: &str, held: Held, wait: Wait) -> Result<()> {
         at_least,
         acquired_at,
         local_id,
+        from_task: _,
     } = held;
     lease.finish();
     if let Some(renewer) = locks.inner_renewer() {
@@ -269,10 +362,37 @@ fn release(name: &str, held: Held, wait: Wait) -> Result<()> {
 
 impl Drop for LockGuard {
     fn drop(&mut self) {
-        if let Some(held) = self.held.take() {
-            if let Err(err) = release(&self.name, held, Wait::Briefly) {
-                tracing::warn!(lock = %self.name, "releasing the lock on drop failed: {err}");
+        let Some(held) = self.held.take() else {
+            return;
+        };
+        if held.from_task {
+            // Never a round trip on an executor's thread: the release goes to a worker of
+            // the crate (and on from there to the background releaser if it fails).
+            let name = self.name.clone();
+            let (lease, locks) = (Arc::clone(&held.lease), held.locks.clone());
+            let spawned = crate::offload::detach(move || {
+                if let Err(err) = release(&name, held, Wait::Briefly) {
+                    tracing::warn!(lock = %name, "releasing the lock on drop failed: {err}");
+                }
+            });
+            if let Err(err) = spawned {
+                // No thread to release on: the lease runs out by itself; stop renewing it.
+                tracing::warn!(lock = %self.name, "cannot start a thread to release the lock ({err}); its lease will expire");
+                lease.finish();
+                if let Some(renewer) = locks.inner_renewer() {
+                    renewer.remove(&lease);
+                }
             }
+            return;
+        }
+        if let Err(err) = release(&self.name, held, Wait::Briefly) {
+            tracing::warn!(lock = %self.name, "releasing the lock on drop failed: {err}");
         }
     }
 }
+
+/// The guard is held across `.await` and moved between threads.
+const _: () = {
+    const fn send_and_sync<T: Send + Sync>() {}
+    send_and_sync::<LockGuard>();
+};

@@ -42,6 +42,7 @@
 #![forbid(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod acquire;
 mod backend;
 mod builder;
 mod command;
@@ -49,12 +50,16 @@ mod config;
 mod error;
 mod fence;
 mod guard;
+mod lease;
 mod local;
 mod locks;
 mod notify;
+mod offload;
 mod releaser;
 mod renewer;
+mod status;
 mod stmt;
+mod timer;
 
 pub use backend::{LockConnection, LockInfo, Migration};
 pub use builder::{LockBuilder, DEFAULT_RETRY, MAX_NAME_CHARS, MAX_TTL};
@@ -63,8 +68,8 @@ pub use config::{BackendKind, Config, DEFAULT_SQLITE_FILE, DEFAULT_STATEMENT_TIM
 pub use database_locks_macros::locked;
 pub use error::{Error, Result};
 pub use guard::LockGuard;
+pub use lease::{LossCause, LostLock, LOST_LOCK_EXIT_CODE};
 pub use locks::{configure, global, lock, set_global, Locks};
-pub use renewer::{LossCause, LostLock, LOST_LOCK_EXIT_CODE};
 
 // What `#[locked]` expands to; exempt from semver.
 #[doc(hidden)]

@@ -13,6 +13,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
+use std::task::{Context, Poll, Waker};
 use std::thread::ThreadId;
 use std::time::Instant;
 
@@ -21,6 +22,7 @@ use parking_lot::{Condvar, Mutex};
 use crate::backend::pool::Store;
 use crate::config::BackendKind;
 use crate::notify::Listening;
+use crate::status::StatusFile;
 
 /// One waiting acquisition in a name's queue.
 struct Waiting {
@@ -29,14 +31,34 @@ struct Waiting {
     turn: bool,
     /// While its attempt runs: newcomers must not barge in meanwhile.
     attempting: bool,
-    wake: Arc<Condvar>,
+    wake: Arc<Signal>,
+}
+
+/// How a waiter is woken: a blocking one sleeps on the condition variable, an async one
+/// leaves its task's waker. Both are signalled under the state lock, after the state
+/// changed, so that a waiter that looked at the state under the lock misses nothing.
+#[derive(Default)]
+struct Signal {
+    thread: Condvar,
+    task: Mutex<Option<Waker>>,
+}
+
+impl Signal {
+    fn notify(&self) {
+        self.thread.notify_one();
+        if let Some(waker) = self.task.lock().take() {
+            waker.wake();
+        }
+    }
 }
 
 /// A guard of this handle. The owner is kept as a hash: a handle may hold thousands of
 /// locks, and the owner id itself lives in the lease.
 #[derive(Clone, Copy)]
 struct Holder {
-    thread: ThreadId,
+    /// The thread that acquired it; `None` for an async acquisition, whose task may be
+    /// on any thread.
+    thread: Option<ThreadId>,
     owner: u64,
     id: u64,
     /// A guard `#[locked]` keeps in its body's frame: it cannot leave the thread it was
@@ -144,7 +166,7 @@ fn give_turn(queue: &mut VecDeque<Waiting>) {
     }
     if let Some(front) = queue.front_mut() {
         front.turn = true;
-        front.wake.notify_one();
+        front.wake.notify();
     }
 }
 
@@ -157,6 +179,7 @@ pub(crate) struct Hub {
     shutdown: AtomicBool,
     /// What the listener found out, for `Debug` (tests and diagnostics).
     notifications: Mutex<Notifications>,
+    status: StatusFile,
 }
 
 /// Where release notifications from other processes stand for one handle.
@@ -226,8 +249,6 @@ pub(crate) struct Local {
     /// Whether waiters may listen for release notifications (PostgreSQL).
     notify: bool,
     listening: OnceLock<Listening>,
-    status_file: Mutex<Option<PathBuf>>,
-    last_status: Mutex<Option<u8>>,
 }
 
 // tests/performance.rs reads `waiting: N` from a handle's `Debug` to know a waiter waits.
@@ -262,36 +283,41 @@ pub(crate) enum Wake {
 }
 
 /// A waiting acquisition, registered with its handle until dropped.
-pub(crate) struct Waiter<'a> {
-    local: &'a Local,
+pub(crate) struct Waiter {
+    hub: Arc<Hub>,
     name: String,
     id: u64,
     queued: bool,
-    wake: Arc<Condvar>,
+    wake: Arc<Signal>,
 }
 
 impl Local {
     pub(crate) fn new(status_file: Option<PathBuf>, notify: bool) -> Self {
+        let hub = Hub {
+            status: StatusFile::new(status_file),
+            ..Hub::default()
+        };
         let local = Local {
-            hub: Arc::new(Hub::default()),
+            hub: Arc::new(hub),
             notify,
             listening: OnceLock::new(),
-            status_file: Mutex::new(status_file),
-            last_status: Mutex::new(None),
         };
-        local.write_status();
+        local.hub.write_status();
         local
     }
 
+    pub(crate) fn hub(&self) -> &Hub {
+        &self.hub
+    }
+
     pub(crate) fn set_status_file(&self, path: Option<PathBuf>) {
-        *self.status_file.lock() = path;
-        *self.last_status.lock() = None;
-        self.write_status();
+        self.hub.status.set_path(path);
+        self.hub.write_status();
     }
 
     /// Whether this thread holds `name` through a guard whose owner is not `owner`.
     pub(crate) fn would_deadlock(&self, name: &str, owner: Option<&str>) -> SelfWait {
-        let me = std::thread::current().id();
+        let me = Some(std::thread::current().id());
         let owner = owner.map(owner_hash);
         let state = self.hub.state.lock();
         let mut mine = state
@@ -331,8 +357,8 @@ impl Local {
     /// name's queue. Returns the registration and whether to attempt at once: not when a
     /// guard of this handle with another owner holds the name (the database would refuse)
     /// or another waiter has been handed the next attempt (that would be barging).
-    pub(crate) fn enqueue(&self, name: &str, owner: &str, queued: bool) -> (Waiter<'_>, bool) {
-        let wake = Arc::new(Condvar::new());
+    pub(crate) fn enqueue(&self, name: &str, owner: &str, queued: bool) -> (Waiter, bool) {
+        let wake = Arc::new(Signal::default());
         let (id, attempt) = {
             let mut state = self.hub.state.lock();
             state.next_id += 1;
@@ -363,9 +389,9 @@ impl Local {
             }
             (id, attempt)
         };
-        self.write_status();
+        self.hub.write_status();
         let waiter = Waiter {
-            local: self,
+            hub: Arc::clone(&self.hub),
             name: name.to_owned(),
             id,
             queued,
@@ -374,14 +400,20 @@ impl Local {
         (waiter, attempt)
     }
 
-    /// Records a guard (`pinned`: see [`Holder`]); returns its id.
-    pub(crate) fn acquired(&self, name: &str, owner: &str, pinned: bool) -> u64 {
+    /// Records a guard (`pinned`, `thread`: see [`Holder`]); returns its id.
+    pub(crate) fn acquired(
+        &self,
+        name: &str,
+        owner: &str,
+        pinned: bool,
+        thread: Option<ThreadId>,
+    ) -> u64 {
         let id = {
             let mut state = self.hub.state.lock();
             state.next_id += 1;
             let id = state.next_id;
             let holder = Holder {
-                thread: std::thread::current().id(),
+                thread,
                 owner: owner_hash(owner),
                 id,
                 pinned,
@@ -395,7 +427,7 @@ impl Local {
             state.holding += 1;
             id
         };
-        self.write_status();
+        self.hub.write_status();
         id
     }
 
@@ -415,51 +447,25 @@ impl Local {
             }
             state.give_turn(name);
         }
-        self.write_status();
+        self.hub.write_status();
     }
+}
 
-    /// Brings the status file up to date with the state as it is now. Writers take turns,
-    /// and each writes what the state is when its turn comes, so the last write always
-    /// shows the last state (a writer that computed its status before another thread
-    /// changed the state cannot overwrite the newer one). Each write replaces the file
-    /// whole (a temporary file renamed over it), so a reader never sees it half written.
+impl Hub {
+    /// Brings the status file up to date with the state as it is now.
     fn write_status(&self) {
-        let Some(path) = self.status_file.lock().clone() else {
-            return;
-        };
-        let mut last = self.last_status.lock();
-        let status = status_of(&self.hub.state.lock());
-        if *last == Some(status) {
-            return;
-        }
-        match write_atomically(&path, status) {
-            Ok(()) => *last = Some(status),
-            Err(err) => {
-                tracing::warn!(path = %path.display(), "cannot write the lock status file: {err}")
-            }
-        }
+        self.status.update(|| status_of(&self.state.lock()));
     }
 }
 
-/// Writes `status` to a temporary file beside `path` and renames it over `path`.
-fn write_atomically(path: &std::path::Path, status: u8) -> std::io::Result<()> {
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(format!(".{}.tmp", std::process::id()));
-    let tmp = PathBuf::from(tmp);
-    std::fs::write(&tmp, status.to_string())?;
-    std::fs::rename(&tmp, path).inspect_err(|_| {
-        let _ = std::fs::remove_file(&tmp);
-    })
-}
-
-impl Waiter<'_> {
+impl Waiter {
     fn queue<'s>(&self, state: &'s State) -> Option<&'s VecDeque<Waiting>> {
         state.queues.get(&self.name)
     }
 
     /// Whether this waiter is first in its name's queue (the one that polls).
     pub(crate) fn is_front(&self) -> bool {
-        let state = self.local.hub.state.lock();
+        let state = self.hub.state.lock();
         self.queued
             && self
                 .queue(&state)
@@ -481,7 +487,7 @@ impl Waiter<'_> {
     }
 
     fn mark(&self, f: impl FnOnce(&mut Waiting)) {
-        let mut state = self.local.hub.state.lock();
+        let mut state = self.hub.state.lock();
         if let Some(me) = state
             .queues
             .get_mut(&self.name)
@@ -494,7 +500,7 @@ impl Waiter<'_> {
     /// Sleeps until this waiter is handed the next attempt, moves to the front of its
     /// queue (when it was not there: `was_front`), or `until`.
     pub(crate) fn wait(&self, until: Instant, was_front: bool) -> Wake {
-        let mut state = self.local.hub.state.lock();
+        let mut state = self.hub.state.lock();
         loop {
             if let Some(queue) = self.queue(&state) {
                 if queue.iter().any(|w| w.id == self.id && w.turn) {
@@ -507,15 +513,42 @@ impl Waiter<'_> {
             if Instant::now() >= until {
                 return Wake::Timer;
             }
-            self.wake.wait_until(&mut state, until);
+            self.wake.thread.wait_until(&mut state, until);
         }
+    }
+
+    /// [`wait`](Self::wait) for a task: `Pending` leaves the task's waker to be woken by
+    /// the next turn or promotion; the caller wakes it at `until`.
+    pub(crate) fn poll_wait(
+        &self,
+        cx: &mut Context<'_>,
+        until: Instant,
+        was_front: bool,
+    ) -> Poll<Wake> {
+        let state = self.hub.state.lock();
+        if let Some(queue) = self.queue(&state) {
+            if queue.iter().any(|w| w.id == self.id && w.turn) {
+                return Poll::Ready(Wake::Turn);
+            }
+            if !was_front && queue.front().is_some_and(|w| w.id == self.id) {
+                return Poll::Ready(Wake::Promoted);
+            }
+        }
+        if Instant::now() >= until {
+            return Poll::Ready(Wake::Timer);
+        }
+        let mut task = self.wake.task.lock();
+        if !task.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            *task = Some(cx.waker().clone());
+        }
+        Poll::Pending
     }
 }
 
-impl Drop for Waiter<'_> {
+impl Drop for Waiter {
     fn drop(&mut self) {
         {
-            let mut state = self.local.hub.state.lock();
+            let mut state = self.hub.state.lock();
             state.waiting = state.waiting.saturating_sub(1);
             if self.queued {
                 state.queued = state.queued.saturating_sub(1);
@@ -534,7 +567,7 @@ impl Drop for Waiter<'_> {
                     if was_front {
                         // The new front polls from now on: let it set its timer.
                         if let Some(front) = queue.front() {
-                            front.wake.notify_one();
+                            front.wake.notify();
                         }
                     }
                     if queue.is_empty() {
@@ -543,7 +576,7 @@ impl Drop for Waiter<'_> {
                 }
             }
         }
-        self.local.write_status();
+        self.hub.write_status();
     }
 }
 
@@ -563,14 +596,14 @@ mod tests {
     use super::*;
 
     /// No real waiting: `wait` with a past deadline only reports what woke the waiter.
-    fn woken(waiter: &Waiter<'_>, was_front: bool) -> Wake {
+    fn woken(waiter: &Waiter, was_front: bool) -> Wake {
         waiter.wait(Instant::now(), was_front)
     }
 
     #[test]
     fn a_release_hands_the_next_attempt_to_the_first_waiter_only() {
         let local = Local::new(None, false);
-        let guard = local.acquired("n", "a", false);
+        let guard = local.acquired("n", "a", false, Some(std::thread::current().id()));
         let (first, attempt) = local.enqueue("n", "b", true);
         assert!(!attempt, "held here by another owner: no attempt");
         let (second, _) = local.enqueue("n", "c", true);
@@ -584,7 +617,7 @@ mod tests {
     #[test]
     fn a_newcomer_does_not_barge_past_a_waiter_given_the_turn() {
         let local = Local::new(None, false);
-        let guard = local.acquired("n", "a", false);
+        let guard = local.acquired("n", "a", false, Some(std::thread::current().id()));
         let (first, _) = local.enqueue("n", "b", true);
         local.released("n", guard);
         assert!(!local.enqueue("n", "c", true).1, "the turn is handed out");
@@ -604,7 +637,7 @@ mod tests {
     #[test]
     fn the_same_owner_attempts_at_once() {
         let local = Local::new(None, false);
-        let _guard = local.acquired("n", "a", false);
+        let _guard = local.acquired("n", "a", false, Some(std::thread::current().id()));
         assert!(local.enqueue("n", "a", true).1);
         assert!(!local.enqueue("n", "b", true).1);
     }
@@ -612,7 +645,7 @@ mod tests {
     #[test]
     fn a_waiter_leaving_with_the_turn_passes_it_on() {
         let local = Local::new(None, false);
-        let guard = local.acquired("n", "a", false);
+        let guard = local.acquired("n", "a", false, Some(std::thread::current().id()));
         let (first, _) = local.enqueue("n", "b", true);
         let (second, _) = local.enqueue("n", "c", true);
         local.released("n", guard);
@@ -627,7 +660,7 @@ mod tests {
         let (first, _) = local.enqueue("n", "b", true);
         let (second, _) = local.enqueue("n", "c", true);
         first.begin_attempt();
-        let _guard = local.acquired("n", "b", false);
+        let _guard = local.acquired("n", "b", false, Some(std::thread::current().id()));
         drop(first);
         // Promoted, not handed an attempt: the name is held here.
         assert_eq!(woken(&second, false), Wake::Promoted);
@@ -637,7 +670,7 @@ mod tests {
     #[test]
     fn notifications_wake_the_front_unless_the_name_is_held_here() {
         let local = Local::new(None, false);
-        let guard = local.acquired("n", "a", false);
+        let guard = local.acquired("n", "a", false, Some(std::thread::current().id()));
         let (waiter, _) = local.enqueue("n", "b", true);
         local.hub.notified("n");
         assert_eq!(woken(&waiter, true), Wake::Timer);
@@ -655,7 +688,7 @@ mod tests {
     #[test]
     fn names_are_forgotten_when_nobody_holds_or_waits() {
         let local = Local::new(None, false);
-        let guard = local.acquired("n", "a", false);
+        let guard = local.acquired("n", "a", false, Some(std::thread::current().id()));
         let (waiter, _) = local.enqueue("n", "b", true);
         local.released("n", guard);
         drop(waiter);
@@ -667,8 +700,8 @@ mod tests {
     #[test]
     fn two_guards_of_one_name_are_both_tracked() {
         let local = Local::new(None, false);
-        let one = local.acquired("n", "a", false);
-        let two = local.acquired("n", "a", false);
+        let one = local.acquired("n", "a", false, Some(std::thread::current().id()));
+        let two = local.acquired("n", "a", false, Some(std::thread::current().id()));
         local.released("n", one);
         assert!(!local.enqueue("n", "b", true).1, "still held by the second");
         local.released("n", two);
@@ -702,7 +735,12 @@ mod tests {
                         let name = format!("n{t}");
                         for _ in 0..200 {
                             let (waiter, _) = local.enqueue(&name, "o", false);
-                            let id = local.acquired(&name, "o", false);
+                            let id = local.acquired(
+                                &name,
+                                "o",
+                                false,
+                                Some(std::thread::current().id()),
+                            );
                             drop(waiter);
                             local.released(&name, id);
                         }

@@ -15,7 +15,7 @@ use parking_lot::Mutex;
 
 use crate::backend::pool::Store;
 use crate::backend::Failure;
-use crate::renewer::LeaseState;
+use crate::lease::LeaseState;
 
 /// A release to finish.
 pub(crate) struct Pending {

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
 
-type Job = Box<dyn FnOnce() + Send>;
+pub(crate) type Job = Box<dyn FnOnce() + Send>;
 
 /// The idle workers, each by its id and the sender that reaches it.
 type Idle = Arc<Mutex<Vec<(u64, mpsc::Sender<Job>)>>>;
@@ -103,6 +103,11 @@ impl Workers {
             Slot::Done(value) => Some(value),
             _ => None,
         }
+    }
+
+    /// Runs `job` on a worker, without waiting for it.
+    pub(crate) fn spawn(&self, job: Job) -> std::io::Result<()> {
+        self.submit(job)
     }
 
     /// Gives `job` to an idle worker, or to a new one.

@@ -19,7 +19,7 @@ pub(crate) mod postgres;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 
-mod exec;
+pub(crate) mod exec;
 pub(crate) mod pool;
 
 // A lock without expiry gets `expires_at` 9999-01-01 00:00:00 UTC: far enough to never

@@ -157,12 +157,12 @@ pub(crate) struct Suspect {
 impl Suspect {
     fn mark(&self, at: Instant) {
         self.before
-            .fetch_max(crate::renewer::to_nanos(at), Ordering::SeqCst);
+            .fetch_max(crate::lease::to_nanos(at), Ordering::SeqCst);
     }
 
     fn includes(&self, idle_since: Option<Instant>) -> bool {
         let before = self.before.load(Ordering::SeqCst);
-        idle_since.is_some_and(|at| before != 0 && crate::renewer::to_nanos(at) < before)
+        idle_since.is_some_and(|at| before != 0 && crate::lease::to_nanos(at) < before)
     }
 }
 
