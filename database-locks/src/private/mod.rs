@@ -6,6 +6,8 @@
 //! - `names`: default lock names known only at run time;
 //! - `kinds`: what a failed acquire turns into, by return type.
 
+use core::future::Future;
+
 pub use crate::LockGuard;
 use crate::{Error, LockBuilder, LostLock};
 
@@ -18,7 +20,8 @@ pub use kinds::{lock_failed, CarriesLockError, Panic, PanicKind, Ret, ReturnErr,
 pub use names::method_lock_name;
 
 /// The builder `#[locked]` fills in: a [`LockBuilder`] plus the first argument that could
-/// not be converted, returned by [`acquire`](Self::acquire) before any SQL runs.
+/// not be converted, returned by [`acquire`](Self::acquire) or
+/// [`acquire_async`](Self::acquire_async) before any SQL runs.
 #[derive(Debug)]
 pub struct Lock {
     builder: LockBuilder,
@@ -107,6 +110,24 @@ impl Lock {
         match self.error {
             Some(error) => Err(error),
             None => self.builder.pinned_to_thread().acquire(),
+        }
+    }
+
+    /// Takes the lock from an `async fn`, or reports the first bad argument. Not pinned to
+    /// the thread: a task moves between threads, and tasks sharing one thread must contend
+    /// like threads do (no [`Error::WouldDeadlock`]).
+    #[allow(
+        clippy::manual_async_fn,
+        reason = "`Send + 'static` in the signature: the expanded fn's future is `Send` when \
+                  its body's is"
+    )]
+    pub fn acquire_async(self) -> impl Future<Output = Result<LockGuard, Error>> + Send + 'static {
+        let Lock { builder, error } = self;
+        async move {
+            match error {
+                Some(error) => Err(error),
+                None => builder.acquire_async().await,
+            }
         }
     }
 }
