@@ -329,6 +329,12 @@ fn locked_block(
             };
         }
     };
+    // The user's braces get the macro's span: as the tail of the generated block, they
+    // would otherwise draw `unused_braces` on a one-line body.
+    let block = Block {
+        brace_token: syn::token::Brace(Span::call_site()),
+        stmts: block.stmts.clone(),
+    };
     let body = quote! {
         {
             #acquired

@@ -1,6 +1,7 @@
 //! `#[locked]` on `async fn`: free, generic, methods, a trait impl whose futures must be
 //! `Send`, an inherent impl naming its fns, `guard = name` (the docs' `ingest`). Each
 //! future is `Send` (checked with `tokio::spawn`'s bound), so it can be spawned.
+#![deny(unused_braces)] // the body's own braces stay, and draw no lint
 use std::future::Future;
 
 use database_locks::{locked, LockGuard};
@@ -16,6 +17,9 @@ impl From<database_locks::Error> for MailError {
 
 #[locked]
 async fn nightly_report() {}
+
+#[locked]
+async fn one_line() -> u32 { 1 + 1 }
 
 #[locked("billing-run", timeout = 30, lock_ttl = 60, auto_renew, retry = 0.5)]
 async fn billing(amount: u64) -> Result<u64, MailError> {
@@ -136,6 +140,7 @@ fn spawnable<F: Future + Send + 'static>(_: F) {}
 
 fn main() {
     spawnable(nightly_report());
+    spawnable(one_line());
     spawnable(billing(1));
     spawnable(per_tenant(2));
     spawnable(generic::<u8>());
