@@ -2,8 +2,8 @@
 //! processes (the `db_lock_it` example), the default names, config read at each call,
 //! what a failed acquire turns into, and release on every way out of the body.
 //!
-//! `#[locked]` uses the process-wide global handle, so each test holds [`GLOBAL`] while it
-//! points the handle at a database of its own (`Db::isolated`): tests of this binary run
+//! `#[locked]` uses the process-wide global handle, so each test holds a [`Global`] while
+//! it points the handle at a database of its own (`Db::isolated`): tests of this binary run
 //! one at a time, whatever the harness's thread count.
 
 mod common;
@@ -12,50 +12,13 @@ use std::io::{BufRead, BufReader};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::process::{Child, ExitCode, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{mpsc, Mutex, MutexGuard, PoisonError};
+use std::sync::{mpsc, Mutex};
 use std::time::Duration;
 
+use common::global::{held_names, Global};
 use common::{eventually, Db};
 use database_locks::{locked, Command, Error, LostLock};
 use database_locks_testkit::on_each_backend;
-
-static GLOBAL: Mutex<()> = Mutex::new(());
-
-/// Holds the global handle, pointed at a database of this test's own.
-struct Global {
-    db: Db,
-    _serial: MutexGuard<'static, ()>,
-}
-
-impl Global {
-    fn on(db: &Db) -> Global {
-        let serial = GLOBAL.lock().unwrap_or_else(PoisonError::into_inner);
-        let db = db.isolated();
-        database_locks::configure(db.config())
-            .unwrap_or_else(|e| panic!("configure {}: {e}", db.url));
-        database_locks::global()
-            .and_then(|locks| locks.migrate())
-            .unwrap_or_else(|e| panic!("create the lock table in {}: {e}", db.url));
-        Global {
-            db,
-            _serial: serial,
-        }
-    }
-}
-
-/// The names of the locks held now, by the database's clock, sorted.
-fn held_names() -> Vec<String> {
-    let locks = database_locks::global().expect("global handle");
-    let mut names: Vec<String> = locks
-        .list()
-        .expect("list locks")
-        .into_iter()
-        .filter(|row| row.is_held())
-        .map(|row| row.name)
-        .collect();
-    names.sort();
-    names
-}
 
 fn row(name: &str) -> database_locks::LockInfo {
     let locks = database_locks::global().expect("global handle");

@@ -145,6 +145,14 @@ fn expand_impl(args: Args, mut imp: ItemImpl) -> syn::Result<TokenStream> {
                 attr,
                 "`handle` is already locked by `#[locked]` on the impl; keep the arguments there",
             )),
+            (true, None) if function.sig.asyncness.is_some() => {
+                handle_found = true;
+                Err(syn::Error::new_spanned(
+                    function.sig.asyncness,
+                    "`Command::handle` is a blocking fn, so `#[locked]` on `impl Command` wraps \
+                     a blocking `handle`; for async work, put `#[locked]` on an `async fn` instead",
+                ))
+            }
             (true, None) => {
                 handle_found = true;
                 let type_name = type_ident.to_string();
@@ -272,6 +280,11 @@ fn default_name(sig: &Signature, owner: Owner<'_>) -> TokenStream {
 
 /// The user's body, unchanged, in a block of its own after the guard: `?`, `return` and
 /// `self` keep their meaning, and the guard is dropped on every way out, panics included.
+///
+/// An `async fn` awaits the async acquire instead, and its body runs in the same place,
+/// still inline: the fn's future holds the guard across the body's awaits, is `Send`
+/// whenever the body's locals are (the guard and the acquire future are), and dropping it
+/// (cancellation) drops the guard, which releases on a thread of the crate.
 fn locked_block(
     args: &Args,
     sig: &Signature,
@@ -296,15 +309,35 @@ fn locked_block(
             quote! { let #user: &::database_locks::__private::LockGuard = &#guard; }
         })
         .unwrap_or_default();
-    let body = quote! {
-        {
-            let #guard = match ::database_locks::__private::Lock::new(#name)
-                #settings
-                .acquire()
-            {
+    let lock = quote!(::database_locks::__private::Lock::new(#name) #settings);
+    let acquired = if sig.asyncness.is_some() {
+        // The arguments' temporaries end with this statement, before the await: a
+        // non-`Send` one (a `Ref`, an `Rc` clone) does not make the future non-`Send`.
+        let acquiring = Ident::new("__database_locks_acquiring", Span::mixed_site());
+        quote! {
+            let #acquiring = #lock.acquire_async();
+            let #guard = match #acquiring.await {
                 ::core::result::Result::Ok(#guard) => #guard,
                 ::core::result::Result::Err(#error) => #on_error,
             };
+        }
+    } else {
+        quote! {
+            let #guard = match #lock.acquire() {
+                ::core::result::Result::Ok(#guard) => #guard,
+                ::core::result::Result::Err(#error) => #on_error,
+            };
+        }
+    };
+    // The user's braces get the macro's span: as the tail of the generated block, they
+    // would otherwise draw `unused_braces` on a one-line body.
+    let block = Block {
+        brace_token: syn::token::Brace(Span::call_site()),
+        stmts: block.stmts.clone(),
+    };
+    let body = quote! {
+        {
+            #acquired
             #user_binding
             #block
         }
@@ -313,20 +346,54 @@ fn locked_block(
 }
 
 fn check_signature(sig: &Signature) -> syn::Result<()> {
-    if let Some(token) = &sig.asyncness {
-        return Err(syn::Error::new_spanned(
-            token,
-            "`#[locked]` does not support `async fn`: acquiring the lock blocks the thread; \
-             take it with `database_locks::lock(..)` in a blocking task instead",
-        ));
-    }
     if let Some(token) = &sig.constness {
         return Err(syn::Error::new_spanned(
             token,
             "`#[locked]` cannot wrap a `const fn`: the lock is taken in the database at run time",
         ));
     }
+    if sig.asyncness.is_none() {
+        if let ReturnType::Type(_, ty) = &sig.output {
+            if returns_future(ty) {
+                return Err(syn::Error::new_spanned(
+                    ty,
+                    "`#[locked]` on a fn that returns a future would release the lock before \
+                     the future runs; write it as an `async fn`, which holds the lock until \
+                     its body ends (`#[async_trait]` turns an `async fn` into such a fn before \
+                     `#[locked]` sees it: use a native `async fn` in the trait instead)",
+                ));
+            }
+        }
+    }
     Ok(())
+}
+
+/// `impl Future<..>` or `dyn Future<..>` anywhere in the type (`Pin<Box<dyn Future>>`).
+fn returns_future(ty: &Type) -> bool {
+    struct Finder(bool);
+    fn is_future(
+        bounds: &syn::punctuated::Punctuated<syn::TypeParamBound, syn::Token![+]>,
+    ) -> bool {
+        bounds.iter().any(|bound| match bound {
+            syn::TypeParamBound::Trait(t) => {
+                t.path.segments.last().is_some_and(|s| s.ident == "Future")
+            }
+            _ => false,
+        })
+    }
+    impl<'ast> syn::visit::Visit<'ast> for Finder {
+        fn visit_type_impl_trait(&mut self, ty: &'ast syn::TypeImplTrait) {
+            self.0 |= is_future(&ty.bounds);
+            syn::visit::visit_type_impl_trait(self, ty);
+        }
+        fn visit_type_trait_object(&mut self, ty: &'ast syn::TypeTraitObject) {
+            self.0 |= is_future(&ty.bounds);
+            syn::visit::visit_type_trait_object(self, ty);
+        }
+    }
+    let mut finder = Finder(false);
+    syn::visit::Visit::visit_type(&mut finder, ty);
+    finder.0
 }
 
 /// A literal name is checked here; any other expression is evaluated at each call, like

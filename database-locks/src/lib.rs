@@ -73,5 +73,5 @@ pub use locks::{configure, global, lock, set_global, Locks};
 
 // What `#[locked]` expands to; exempt from semver.
 #[doc(hidden)]
-#[path = "private.rs"]
+#[path = "private/mod.rs"]
 pub mod __private;

@@ -7,6 +7,7 @@
 #![allow(dead_code)]
 
 pub mod fenced;
+pub mod global;
 
 use std::time::{Duration, Instant};
 

@@ -1,4 +1,5 @@
 //! `#[locked]` on free fns, with every argument form.
+#![deny(unused_braces)] // the body's own braces stay, and draw no lint
 use std::time::Duration;
 
 use database_locks::{locked, LostLock};
@@ -112,8 +113,12 @@ fn nested_items() -> u32 {
     BASE + two()
 }
 
+#[locked]
+fn one_line() -> u32 { 1 + 1 }
+
 fn main() {
     let _ = (
+        one_line,
         nightly_report,
         read_spool,
         billing,

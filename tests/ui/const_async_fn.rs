@@ -1,6 +1,6 @@
 use database_locks::locked;
 
 #[locked]
-async fn fetch() {}
+const async fn fetch() {}
 
 fn main() {}
