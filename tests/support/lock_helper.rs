@@ -143,6 +143,39 @@ fn now_nanos() -> u128 {
         .unwrap_or_default()
 }
 
+/// The loss callback of `cs` and `async-cs`: counts the loss, says it, and appends
+/// `token nanos` to `path` (the checker's record of when the holder was told).
+fn record_loss(
+    losses: std::sync::Arc<std::sync::atomic::AtomicU32>,
+    path: std::path::PathBuf,
+) -> impl Fn(&database_locks::LostLock) + Send + Sync + 'static {
+    move |lost| {
+        let at = now_nanos();
+        losses.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let left = lost
+            .expires_by
+            .map(|end| end.saturating_duration_since(Instant::now()));
+        eprintln!("cs: {lost} ({:?}); the lease ends in {left:?}", lost.cause);
+        let mut log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .expect("losses");
+        writeln!(log, "{} {at}", lost.token).expect("append loss");
+    }
+}
+
+/// Appends `enter exit pid token` for a section that wrote, exiting now.
+fn append_interval(path: &Path, entered: u128, token: u64) {
+    let left = now_nanos();
+    let mut log = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .expect("intervals");
+    writeln!(log, "{entered} {left} {} {token}", std::process::id()).expect("append interval");
+}
+
 /// The shared counter of `cs`: 0 before the first write. Any other failure to read it is
 /// a failure of the test, never a silent 0.
 fn read_counter(path: &Path) -> u64 {
@@ -197,20 +230,7 @@ fn sections(url: &str, name: &str, count: u32, dir: &Path) -> ExitCode {
             // file writes stalled for 32 s, PostgreSQL sessions waited in IO/WALSync for
             // 3-4 s, releases ran into the 10 s statement timeout). What must hold is that
             // the loss is reported in time, which the checker verifies from these lines.
-            .lost_lock_cb(move |lost| {
-                let at = now_nanos();
-                losses.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                let left = lost
-                    .expires_by
-                    .map(|end| end.saturating_duration_since(Instant::now()));
-                eprintln!("cs: {lost} ({:?}); the lease ends in {left:?}", lost.cause);
-                let mut log = OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(&losses_at)
-                    .expect("losses");
-                writeln!(log, "{} {at}", lost.token).expect("append loss");
-            })
+            .lost_lock_cb(record_loss(losses, losses_at))
             .acquire()
             .unwrap_or_else(|e| panic!("acquire: {e}"));
         let token = guard.token().unwrap_or_default();
@@ -224,14 +244,7 @@ fn sections(url: &str, name: &str, count: u32, dir: &Path) -> ExitCode {
             given_up += 1;
         } else {
             write_counter(&counter, value + 1);
-            let left = now_nanos();
-            let mut log = OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&intervals)
-                .expect("intervals");
-            writeln!(log, "{entered} {left} {} {token}", std::process::id())
-                .expect("append interval");
+            append_interval(&intervals, entered, token);
             done += 1;
         }
         // On a machine loaded far past its cores a release can miss its statement
@@ -286,17 +299,7 @@ fn async_sections(url: &str, name: &str, count: u32, dir: &Path, tasks: u32) -> 
                                 .lock(&name)
                                 .retry(Some(Duration::from_millis(20)))
                                 .timeout(Duration::from_secs(120))
-                                .lost_lock_cb(move |lost| {
-                                    let at = now_nanos();
-                                    losses.fetch_add(1, SeqCst);
-                                    eprintln!("async-cs: {lost} ({:?})", lost.cause);
-                                    let mut log = OpenOptions::new()
-                                        .create(true)
-                                        .append(true)
-                                        .open(&losses_at)
-                                        .expect("losses");
-                                    writeln!(log, "{} {at}", lost.token).expect("append loss");
-                                })
+                                .lost_lock_cb(record_loss(losses, losses_at))
                                 .acquire_async()
                                 .await
                                 .unwrap_or_else(|e| panic!("acquire: {e}"));
@@ -308,14 +311,7 @@ fn async_sections(url: &str, name: &str, count: u32, dir: &Path, tasks: u32) -> 
                             let wrote = !guard.is_lost();
                             if wrote {
                                 write_counter(&counter, value + 1);
-                                let left = now_nanos();
-                                let mut log = OpenOptions::new()
-                                    .create(true)
-                                    .append(true)
-                                    .open(dir.join("intervals"))
-                                    .expect("intervals");
-                                writeln!(log, "{entered} {left} {} {token}", std::process::id())
-                                    .expect("append interval");
+                                append_interval(&dir.join("intervals"), entered, token);
                             }
                             match guard.release_async().await {
                                 Ok(()) | Err(Error::Unresponsive { .. } | Error::Lost { .. }) => {}
