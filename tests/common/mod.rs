@@ -71,6 +71,17 @@ impl Db {
         db
     }
 
+    /// The same server, database `database` (reached the same way).
+    pub fn with_database(&self, database: &str) -> Db {
+        Db {
+            kind: self.kind,
+            url: format!("{}/{database}", base_url(&self.url)),
+            pooled: self.pooled,
+            _dir: None,
+            drop_sql: None,
+        }
+    }
+
     pub fn mysql() -> Db {
         let url = env_url("MYSQL_DATABASE_URL", MYSQL_DEFAULT);
         let db = Db {
