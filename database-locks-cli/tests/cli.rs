@@ -452,9 +452,28 @@ fn run_needs_a_name_before_the_separator(db: &Db) {
 
 /// A command running for three one-second leases under `--ttl 1` keeps the lock: the row's
 /// `expires_at`, read from the database, keeps moving past the database's clock.
+///
+/// A renewal has a few hundred milliseconds to get through at this ttl, and a loaded
+/// machine can stall the tool or the database for longer (seen: MariaDB under `stress`).
+/// No lease survives that; what must hold then is that the tool saw the loss in time: it
+/// reports it and stops the command with exit 75 (a lease that ran out unseen fails the
+/// test). Renewal itself must be shown at least once in three tries, so a tool that never
+/// renews still fails every time.
 fn a_one_second_lease_is_renewed(db: &Db) {
+    let mut losses = Vec::new();
+    for _ in 0..3 {
+        match renewed_for_three_leases(db) {
+            Ok(()) => return,
+            Err(lost) => losses.push(lost),
+        }
+    }
+    panic!("lost in each of 3 tries: {losses:#?}");
+}
+
+/// Ok: renewed for three leases. Err: the lease ran out, and the tool had seen the loss.
+fn renewed_for_three_leases(db: &Db) -> Result<(), String> {
     let name = unique_name("ttl-1");
-    let go = db.path("go");
+    let go = db.path(&format!("go-{name}"));
     let script = format!("while [ ! -e '{}' ]; do sleep 0.02; done", go.display());
     let mut tool = db.spawn(&["run", "--ttl", "1", &name, "--", "sh", "-c", &script]);
     db.wait_held(&name);
@@ -464,15 +483,23 @@ fn a_one_second_lease_is_renewed(db: &Db) {
     let (now, expires_at) = loop {
         let (now, expires_at) = db.times(&mut conn, &name);
         let expires_at = expires_at.expect("the lease was cleared");
-        assert!(
-            now <= expires_at,
-            "the lease ran out at {expires_at} (database clock {now}): not renewed; {}",
-            tool.stderr()
-        );
+        if now > expires_at {
+            // The tool must have seen it: it stops the command and exits 75.
+            let done = tool.finish();
+            assert!(
+                done.code == 75 && done.stderr.contains("was lost"),
+                "the lease ran out at {expires_at} (database clock {now}) unseen: {done:#?}"
+            );
+            return Err(done.stderr);
+        }
         if now >= start + 3.0 {
             break (now, expires_at);
         }
-        assert!(!tool.exited(), "the tool exited: {}", tool.stderr());
+        if tool.exited() {
+            let done = tool.finish();
+            assert_eq!(done.code, 75, "the tool exited: {done:#?}");
+            return Err(done.stderr);
+        }
         std::thread::sleep(std::time::Duration::from_millis(10));
     };
     assert!(
@@ -480,8 +507,13 @@ fn a_one_second_lease_is_renewed(db: &Db) {
         "expires_at {first} -> {expires_at} by {now}"
     );
     std::fs::write(&go, "").expect("go file");
-    let done = tool.finish().expect(0);
+    let done = tool.finish();
+    if done.code == 75 {
+        return Err(done.stderr);
+    }
+    assert_eq!(done.code, 0, "{done:#?}");
     assert!(!done.stderr.contains("lost"), "{done:#?}");
+    Ok(())
 }
 
 /// `--ttl-renew` must be positive and shorter than the lease; refused before the row is
