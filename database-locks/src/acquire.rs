@@ -12,7 +12,7 @@ use std::thread::ThreadId;
 use std::time::{Duration, Instant};
 
 use crate::backend::pool::OpError;
-use crate::backend::{Attempt, Failure, Lease};
+use crate::backend::{Attempt, Failure, Lease, Semaphore};
 use crate::error::{Error, Result};
 use crate::guard::LockGuard;
 use crate::lease::{LeaseState, LostCallback};
@@ -32,7 +32,10 @@ const IDLE_CHECK: Duration = Duration::from_secs(3600);
 /// What one acquisition asks for, checked.
 pub(crate) struct Request {
     pub locks: Locks,
+    /// The lock's name, or the semaphore's: what the queue is for.
     pub name: String,
+    /// A permit of this semaphore rather than the lock `name`.
+    pub semaphore: Option<Semaphore>,
     pub owner: String,
     pub ttl: Option<Duration>,
     pub ttl_renew: Duration,
@@ -161,14 +164,18 @@ impl Acquisition {
     fn attempt(
         locks: &Locks,
         name: &str,
+        semaphore: Option<&Semaphore>,
         owner: &str,
         ttl: Option<Duration>,
         limit: Option<Instant>,
     ) -> Result<Attempt, OpError> {
         let store = locks.store();
-        locks
-            .prepare(limit)
-            .and_then(|()| store.try_acquire(store.deadline(limit), name, owner, ttl))
+        locks.prepare(limit).and_then(|()| match semaphore {
+            Some(semaphore) => {
+                store.try_acquire_permit(store.deadline(limit), semaphore, owner, ttl)
+            }
+            None => store.try_acquire(store.deadline(limit), name, owner, ttl),
+        })
     }
 
     /// Takes in the outcome of the attempt sent at `sent`: the acquisition's outcome, or
@@ -181,35 +188,19 @@ impl Acquisition {
         let req = &self.req;
         match result {
             Ok(Attempt::Acquired { token }) => {
-                let lease = Arc::new(LeaseState::new(
-                    req.name.clone(),
-                    req.owner.clone(),
-                    token,
-                    req.ttl,
-                    req.ttl_renew,
-                    sent,
-                    req.callback.clone(),
-                ));
-                if req.auto_renew && req.ttl.is_some() {
-                    match req.locks.renewer() {
-                        Ok(renewer) => renewer.add(Arc::clone(&lease), sent),
-                        Err(err) => {
-                            // Not held without renewal: give the row back.
-                            let store = req.locks.store();
-                            let _ = store.release(store.deadline(None), lease.lease(), None);
-                            return Some(Err(err));
-                        }
-                    }
-                }
-                tracing::debug!(lock = %lease.name, owner = %lease.owner, token, "lock acquired");
-                return Some(Ok(Some(LockGuard::held(
-                    req.locks.clone(),
-                    lease,
-                    req.at_least,
-                    req.pinned,
-                    req.thread,
-                ))));
+                let row = req.name.clone();
+                return Some(self.granted(row, token, sent));
             }
+            Ok(Attempt::Permit { row, token }) => return Some(self.granted(row, token, sent)),
+            Ok(Attempt::Mismatch { permits }) => {
+                return Some(Err(Error::PermitsMismatch {
+                    name: req.name.clone(),
+                    permits: req.semaphore.as_ref().map_or(0, |s| s.permits),
+                    found: permits,
+                }))
+            }
+            // Only inside the store's own attempt; a waiter looks again later.
+            Ok(Attempt::SetupNeeded) => self.answered = true,
             Ok(Attempt::Held {
                 holder: seen_holder,
                 expires_in,
@@ -242,6 +233,39 @@ impl Acquisition {
         None
     }
 
+    /// The guard of a lease just granted on `row` (the lock's, or a semaphore's slot).
+    fn granted(&self, row: String, token: i64, sent: Instant) -> Result<Option<LockGuard>> {
+        let req = &self.req;
+        let lease = Arc::new(LeaseState::new(
+            row,
+            req.owner.clone(),
+            token,
+            req.ttl,
+            req.ttl_renew,
+            sent,
+            req.callback.clone(),
+        ));
+        if req.auto_renew && req.ttl.is_some() {
+            match req.locks.renewer() {
+                Ok(renewer) => renewer.add(Arc::clone(&lease), sent),
+                Err(err) => {
+                    // Not held without renewal: give the row back.
+                    let store = req.locks.store();
+                    let _ = store.release(store.deadline(None), lease.lease(), None);
+                    return Err(err);
+                }
+            }
+        }
+        tracing::debug!(lock = %lease.name, owner = %lease.owner, token, "lock acquired");
+        Ok(Some(LockGuard::held(
+            req.locks.clone(),
+            lease,
+            req.at_least,
+            req.pinned,
+            req.thread,
+        )))
+    }
+
     /// After a wait that began with the waiter at the front (`front`) or not.
     pub(crate) fn woke(&mut self, wake: Wake, front: bool) {
         self.attempt = match wake {
@@ -258,7 +282,14 @@ impl Acquisition {
             match self.next() {
                 Step::Attempt { sent, limit } => {
                     let req = &self.req;
-                    let result = Self::attempt(&req.locks, &req.name, &req.owner, req.ttl, limit);
+                    let result = Self::attempt(
+                        &req.locks,
+                        &req.name,
+                        req.semaphore.as_ref(),
+                        &req.owner,
+                        req.ttl,
+                        limit,
+                    );
                     if let Some(done) = self.attempted(sent, result) {
                         return done;
                     }
@@ -280,16 +311,22 @@ impl Acquisition {
             match self.next() {
                 Step::Attempt { sent, limit } => {
                     let req = &self.req;
-                    let (locks, name, owner, ttl) = (
+                    let (locks, name, semaphore, owner, ttl) = (
                         req.locks.clone(),
                         req.name.clone(),
+                        req.semaphore.clone(),
                         req.owner.clone(),
                         req.ttl,
                     );
                     let undo_locks = locks.clone();
                     let (undo_name, undo_owner) = (name.clone(), owner.clone());
                     let undo = Box::new(move |result: Result<Attempt, OpError>| {
-                        if let Ok(Attempt::Acquired { token }) = result {
+                        let granted = match result {
+                            Ok(Attempt::Acquired { token }) => Some((undo_name, token)),
+                            Ok(Attempt::Permit { row, token }) => Some((row, token)),
+                            _ => None,
+                        };
+                        if let Some((undo_name, token)) = granted {
                             let store = undo_locks.store();
                             let lease = Lease {
                                 name: &undo_name,
@@ -304,7 +341,9 @@ impl Acquisition {
                         }
                     });
                     let result = offload(
-                        move || Self::attempt(&locks, &name, &owner, ttl, limit),
+                        move || {
+                            Self::attempt(&locks, &name, semaphore.as_ref(), &owner, ttl, limit)
+                        },
                         Some(undo),
                     )
                     .await

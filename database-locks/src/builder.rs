@@ -8,6 +8,7 @@ use std::thread::ThreadId;
 use std::time::Duration;
 
 use crate::acquire::{Acquisition, Request};
+use crate::backend::{Semaphore, SEPARATOR};
 use crate::error::{Error, Result};
 use crate::guard::LockGuard;
 use crate::lease::{LostCallback, LostLock};
@@ -19,6 +20,10 @@ pub const MAX_TTL: Duration = Duration::from_secs(366 * 86_400);
 
 /// The longest name the table's `varchar(255)` holds, in characters.
 pub const MAX_NAME_CHARS: usize = 255;
+
+/// The most permits a semaphore can have ([`Locks::semaphore`]): one row per permit, and
+/// an attempt names them all.
+pub const MAX_PERMITS: u32 = 1000;
 
 /// The default polling period, as in the seed.
 pub const DEFAULT_RETRY: Duration = Duration::from_millis(500);
@@ -50,6 +55,8 @@ pub struct LockBuilder {
     lock_at_least_for: Option<Duration>,
     /// The guard stays on the acquiring thread (`#[locked]`).
     pinned: bool,
+    /// A permit of the semaphore `name` with this many permits.
+    permits: Option<u32>,
 }
 
 impl fmt::Debug for LockBuilder {
@@ -64,6 +71,7 @@ impl fmt::Debug for LockBuilder {
             .field("lock_ttl_renew", &self.lock_ttl_renew)
             .field("lost_lock_cb", &self.lost_lock_cb.as_ref().map(|_| ".."))
             .field("lock_at_least_for", &self.lock_at_least_for)
+            .field("permits", &self.permits)
             .finish()
     }
 }
@@ -82,7 +90,14 @@ impl LockBuilder {
             lost_lock_cb: None,
             lock_at_least_for: None,
             pinned: false,
+            permits: None,
         }
+    }
+
+    /// A permit of a semaphore ([`Locks::semaphore`]).
+    pub(crate) fn permits(mut self, permits: u32) -> Self {
+        self.permits = Some(permits);
+        self
     }
 
     /// For `#[locked]`, whose guard never leaves the body's frame: waiting on the thread
@@ -260,6 +275,16 @@ impl LockBuilder {
             .lock_ttl_renew
             .unwrap_or_else(|| default_margin(settings.default_ttl_renew, ttl));
         validate_name(&self.name)?;
+        let semaphore = match self.permits {
+            Some(permits) => Some(validate_semaphore(&self.name, permits)?),
+            None => None,
+        };
+        if self.name.contains(SEPARATOR) {
+            return Err(Error::invalid(
+                "lock name",
+                format!("the name contains {SEPARATOR:?} (U+241F), which names a semaphore's rows"),
+            ));
+        }
         if let Some(owner) = &self.locked_by {
             validate_owner(owner)?;
         }
@@ -280,7 +305,8 @@ impl LockBuilder {
         // Only an acquisition that waits can wait for ever on its own thread's guard; a
         // task is not its thread.
         let waits = !once && self.retry.is_some();
-        if waits && thread.is_some() {
+        // A permit never waits for a guard of its own thread: the other permits may free.
+        if waits && thread.is_some() && semaphore.is_none() {
             match locks
                 .inner
                 .local
@@ -302,6 +328,7 @@ impl LockBuilder {
         Ok(Ok(Request {
             locks,
             name: self.name,
+            semaphore,
             owner,
             ttl,
             ttl_renew,
@@ -345,6 +372,26 @@ pub(crate) fn validate_name(name: &str) -> Result<()> {
         ));
     }
     Ok(())
+}
+
+/// The semaphore's rows, if `name` and `permits` fit: its rows' names (`name␟permits` the
+/// longest of them) must fit the table's 255 characters.
+fn validate_semaphore(name: &str, permits: u32) -> Result<Semaphore> {
+    if permits == 0 || permits > MAX_PERMITS {
+        return Err(Error::invalid(
+            "permits",
+            format!("a semaphore has 1 to {MAX_PERMITS} permits, not {permits}"),
+        ));
+    }
+    let longest = MAX_NAME_CHARS - "\u{241F}permits".chars().count();
+    let chars = name.chars().count();
+    if chars > longest {
+        return Err(Error::invalid(
+            "semaphore name",
+            format!("the name has {chars} characters; a semaphore's name has at most {longest}, so that its rows' names fit the table"),
+        ));
+    }
+    Ok(Semaphore::new(name, permits))
 }
 
 fn validate_owner(owner: &str) -> Result<()> {

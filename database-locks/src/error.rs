@@ -86,6 +86,23 @@ pub enum Error {
         name: String,
     },
 
+    /// The semaphore is in use with another number of permits: a process holds one of its
+    /// permits under a setup of `found` permits, and this acquisition asked for `permits`.
+    /// Two numbers for one semaphore would make its limit the larger of them, so this one
+    /// is refused; nothing was changed. Once no permit of the other setup is held, the next
+    /// acquisition sets the semaphore up anew with its own number.
+    #[error(
+        "semaphore {name:?} is in use with {found} permits, not {permits}; every process must          use the same number (or wait until no permit of the other setup is held)"
+    )]
+    PermitsMismatch {
+        /// The semaphore's name.
+        name: String,
+        /// The number of permits this acquisition asked for.
+        permits: u32,
+        /// The number its live holders use.
+        found: i64,
+    },
+
     /// An argument is out of range (name, ttl, renew margin). Nothing was sent to the database.
     #[error("invalid {what}: {reason}")]
     InvalidInput {

@@ -55,6 +55,16 @@ impl fmt::Debug for LockGuard {
     }
 }
 
+/// The slot a permit of a semaphore holds ([`LockGuard::permit`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Permit {
+    /// The slot's number, from 1 to the semaphore's permits.
+    pub slot: u32,
+    /// The slot's row in the lock table (what `list` and `inspect` show).
+    pub row: String,
+}
+
 impl LockGuard {
     pub(crate) fn disabled(name: String) -> Self {
         LockGuard { name, held: None }
@@ -89,9 +99,21 @@ impl LockGuard {
         self.held.as_ref().map(|h| (&h.locks, &h.lease))
     }
 
-    /// The lock's name.
+    /// The lock's name; for a permit, the semaphore's.
     pub fn name(&self) -> &str {
-        &self.name
+        crate::backend::queue_key(&self.name)
+    }
+
+    /// For a permit of a semaphore ([`Locks::semaphore`](crate::Locks::semaphore)), which
+    /// slot it holds: its row is `name␟slot`, with a lease and a fencing token of its own.
+    /// `None` for a lock, and when locking is disabled.
+    pub fn permit(&self) -> Option<Permit> {
+        let held = self.held.as_ref()?;
+        let (_, slot) = held.lease.name.split_once(crate::backend::SEPARATOR)?;
+        Some(Permit {
+            slot: slot.parse().ok()?,
+            row: held.lease.name.clone(),
+        })
     }
 
     /// The fencing token of this acquisition: it grows with every acquisition of the

@@ -61,15 +61,15 @@ mod status;
 mod stmt;
 mod timer;
 
-pub use backend::{LockConnection, LockInfo, Migration};
-pub use builder::{LockBuilder, DEFAULT_RETRY, MAX_NAME_CHARS, MAX_TTL};
+pub use backend::{LockConnection, LockInfo, Migration, SemaphoreRow, SEPARATOR};
+pub use builder::{LockBuilder, DEFAULT_RETRY, MAX_NAME_CHARS, MAX_PERMITS, MAX_TTL};
 pub use command::Command;
 pub use config::{BackendKind, Config, DEFAULT_SQLITE_FILE, DEFAULT_STATEMENT_TIMEOUT};
 pub use database_locks_macros::locked;
 pub use error::{Error, Result};
-pub use guard::LockGuard;
+pub use guard::{LockGuard, Permit};
 pub use lease::{LossCause, LostLock, LOST_LOCK_EXIT_CODE};
-pub use locks::{configure, global, lock, set_global, Locks};
+pub use locks::{configure, global, lock, semaphore, set_global, Locks};
 
 // What `#[locked]` expands to; exempt from semver.
 #[doc(hidden)]

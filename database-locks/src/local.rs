@@ -150,11 +150,14 @@ impl State {
     /// Hands the next attempt to the front of `name`'s queue, if nobody here holds the
     /// name and none is handed out yet. A front that is attempting gets one more after
     /// it: the release announced may have come after its statement looked.
+    ///
+    /// `name` is a row's: a semaphore's slot hands the turn to the semaphore's queue (a
+    /// guard of this handle on that slot would hold it, not the semaphore).
     fn give_turn(&mut self, name: &str) {
         if self.held.contains_key(name) {
             return;
         }
-        if let Some(queue) = self.queues.get_mut(name) {
+        if let Some(queue) = self.queues.get_mut(crate::backend::queue_key(name)) {
             give_turn(queue);
         }
     }

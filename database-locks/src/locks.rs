@@ -150,6 +150,25 @@ impl Locks {
         LockBuilder::new(Ok(self.clone()), name.into())
     }
 
+    /// A builder for one permit of the counting semaphore `name`, which lets at most
+    /// `permits` holders in at once, across every process that uses it. It has every
+    /// option of a lock ([`LockBuilder`]); its guard holds one slot, renewed, fenced and
+    /// released like a lock. Every process must use the same `permits` for one name
+    /// ([`Error::PermitsMismatch`](crate::Error::PermitsMismatch) otherwise); at most
+    /// [`MAX_PERMITS`](crate::MAX_PERMITS).
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), database_locks::Error> {
+    /// let locks = database_locks::global()?;
+    /// // At most 3 reports run at once, on every host.
+    /// let permit = locks.semaphore("heavy-report", 3).acquire()?;
+    /// println!("slot {:?} of 3", permit.permit().map(|p| p.slot));
+    /// # Ok(()) }
+    /// ```
+    pub fn semaphore(&self, name: impl Into<String>, permits: u32) -> LockBuilder {
+        LockBuilder::new(Ok(self.clone()), name.into()).permits(permits)
+    }
+
     /// Which backend this handle talks to.
     pub fn backend(&self) -> BackendKind {
         self.inner.store.kind()
@@ -435,6 +454,19 @@ pub fn global() -> Result<Locks> {
 /// ```
 pub fn lock(name: impl Into<String>) -> LockBuilder {
     LockBuilder::new(global(), name.into())
+}
+
+/// A builder for one permit of the semaphore `name` on the global handle: see
+/// [`Locks::semaphore`].
+///
+/// ```no_run
+/// # fn main() -> Result<(), database_locks::Error> {
+/// // At most 4 workers call the rate-limited API at once.
+/// let _permit = database_locks::semaphore("partner-api", 4).acquire()?;
+/// # Ok(()) }
+/// ```
+pub fn semaphore(name: impl Into<String>, permits: u32) -> LockBuilder {
+    LockBuilder::new(global(), name.into()).permits(permits)
 }
 
 static SEQUENCE: AtomicU64 = AtomicU64::new(0);

@@ -467,6 +467,15 @@ mod tests {
         ) -> Result<Attempt, OpError> {
             unimplemented!()
         }
+        fn try_acquire_permit(
+            &self,
+            _: Instant,
+            _: &crate::backend::Semaphore,
+            _: &str,
+            _: Option<Duration>,
+        ) -> Result<Attempt, OpError> {
+            unimplemented!()
+        }
         fn release(&self, _: Instant, _: Lease<'_>, _: Option<Duration>) -> Result<bool, OpError> {
             unimplemented!()
         }

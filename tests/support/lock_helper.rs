@@ -12,6 +12,8 @@
 //! lock-helper fenced-pause URL NAME TTL           holds; on a stdin line, one fenced insert
 //! lock-helper fenced-inside URL NAME TTL          holds; a fenced transaction that waits for stdin
 //! lock-helper count URL NAME fenced|plain COUNT TTL  read-modify-write increments (see `fenced.rs`)
+//! lock-helper sem-cs URL NAME PERMITS COUNT DIR   sections inside a permit (see `semaphore.rs`)
+//! lock-helper sem-hold URL NAME PERMITS TTL       one permit until stdin closes
 //! ```
 //! Settings other than the URL come from the environment (`Config::from_env_with_url`), e.g.
 //! `DATABASE_LOCKS_TRANSACTION_POOLING=true` behind PgBouncer.
@@ -28,6 +30,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use database_locks::{Config, Error, Locks};
 
 mod fenced;
+mod semaphore;
 
 fn secs(arg: &str) -> Duration {
     Duration::from_secs_f64(arg.parse().unwrap_or_else(|_| panic!("not seconds: {arg}")))
@@ -77,6 +80,7 @@ fn main() -> ExitCode {
         [mode @ ("fenced-pause" | "fenced-inside" | "count"), url, rest @ ..] => {
             fenced::main(mode, url, rest)
         }
+        [mode @ ("sem-cs" | "sem-hold"), url, rest @ ..] => semaphore::main(mode, url, rest),
         ["cs", url, name, count, dir] => {
             sections(url, name, count.parse().expect("count"), Path::new(dir))
         }

@@ -34,6 +34,21 @@ pub enum Attempt {
         /// The fencing token.
         token: i64,
     },
+    /// A permit of a semaphore is ours now: the slot row `row`, with this fencing token.
+    Permit {
+        /// The slot's row name (`semaphore` + [`SEPARATOR`] + slot number).
+        row: String,
+        /// The slot's fencing token.
+        token: i64,
+    },
+    /// The semaphore's rows are missing, or were set up for another number of permits:
+    /// [`LockConnection::setup_semaphore`] comes next.
+    SetupNeeded,
+    /// The semaphore is in use with this other number of permits.
+    Mismatch {
+        /// The number of permits its live holders use.
+        permits: i64,
+    },
     /// Another owner holds it.
     Held {
         /// The holder, when the statement reported it.
@@ -50,6 +65,53 @@ pub struct Lease<'a> {
     pub(crate) name: &'a str,
     pub(crate) owner: &'a str,
     pub(crate) token: i64,
+}
+
+/// Separates a semaphore's name from the rest of its rows' names: `name␟1` ... `name␟K`
+/// are its slots, `name␟permits` records K. Lock and semaphore names may not contain it,
+/// so these rows cannot collide with a lock (U+241F, SYMBOL FOR UNIT SEPARATOR: printable,
+/// so that every collation compares it, unlike the control character U+001F that some
+/// MySQL collations ignore).
+pub const SEPARATOR: char = '\u{241F}';
+
+/// A semaphore's rows, as an acquire attempt names them.
+#[doc(hidden)]
+#[derive(Debug, Clone)]
+pub struct Semaphore {
+    /// The row that records the number of permits (in its `token` column).
+    pub(crate) header: String,
+    /// The slot rows, `1..=permits`.
+    pub(crate) slots: Vec<String>,
+    pub(crate) permits: u32,
+}
+
+impl Semaphore {
+    pub(crate) fn new(name: &str, permits: u32) -> Self {
+        Semaphore {
+            header: format!("{name}{SEPARATOR}permits"),
+            slots: (1..=permits).map(|i| slot_row(name, i)).collect(),
+            permits,
+        }
+    }
+
+    /// The slot rows of the semaphore set up for `permits` (found in its header row).
+    pub(crate) fn slots_of(&self, permits: i64) -> Vec<String> {
+        let name = queue_key(&self.header);
+        (1..=permits.clamp(0, i64::from(crate::builder::MAX_PERMITS)))
+            .filter_map(|i| u32::try_from(i).ok())
+            .map(|i| slot_row(name, i))
+            .collect()
+    }
+}
+
+/// The row of slot `slot` (from 1) of semaphore `name`.
+pub(crate) fn slot_row(name: &str, slot: u32) -> String {
+    format!("{name}{SEPARATOR}{slot}")
+}
+
+/// What waiters of a row queue under: a lock's name, or a slot's semaphore.
+pub(crate) fn queue_key(row: &str) -> &str {
+    row.split_once(SEPARATOR).map_or(row, |(name, _)| name)
 }
 
 /// What [`migrate`](crate::Locks::migrate) did to the table.
@@ -79,7 +141,53 @@ pub struct LockInfo {
     pub token: i64,
 }
 
+/// What a row of a semaphore is, from its name ([`LockInfo::semaphore`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SemaphoreRow<'a> {
+    /// One of its slots (from 1): a lease like a lock's.
+    Slot {
+        /// The semaphore's name.
+        semaphore: &'a str,
+        /// The slot's number, from 1.
+        slot: u32,
+    },
+    /// The row that records its number of permits, in `token`; never held.
+    Permits {
+        /// The semaphore's name.
+        semaphore: &'a str,
+        /// The number of permits it was set up with.
+        permits: i64,
+    },
+}
+
 impl LockInfo {
+    /// Whether this row belongs to a semaphore ([`Locks::semaphore`](crate::Locks::semaphore)),
+    /// and what it is there; `None` for a lock.
+    ///
+    /// ```
+    /// # use database_locks::{LockInfo, SemaphoreRow};
+    /// fn describe(row: &LockInfo) -> String {
+    ///     match row.semaphore() {
+    ///         None => format!("lock {}", row.name),
+    ///         Some(SemaphoreRow::Slot { semaphore, slot }) => format!("{semaphore}, slot {slot}"),
+    ///         Some(SemaphoreRow::Permits { semaphore, permits }) => format!("{semaphore}: {permits} permits"),
+    ///         Some(_) => String::new(),
+    ///     }
+    /// }
+    /// ```
+    pub fn semaphore(&self) -> Option<SemaphoreRow<'_>> {
+        let (semaphore, rest) = self.name.split_once(SEPARATOR)?;
+        if rest == "permits" {
+            return Some(SemaphoreRow::Permits {
+                semaphore,
+                permits: self.token,
+            });
+        }
+        let slot = rest.parse().ok().filter(|&s: &u32| s >= 1)?;
+        Some(SemaphoreRow::Slot { semaphore, slot })
+    }
+
     /// Whether an owner holds the lock now.
     pub fn is_held(&self) -> bool {
         matches!(self.expires_in, Some(left) if left >= 0.0)
@@ -145,6 +253,24 @@ pub trait LockConnection: R2D2Connection + Send + 'static + sealed::Sealed {
         owner: &str,
         ttl: Option<Duration>,
     ) -> QueryResult<Attempt>;
+
+    /// One attempt at a permit of `semaphore`: takes a slot row that is released, expired or
+    /// `owner`'s, in one statement where the backend allows (PostgreSQL, SQLite; MySQL reads
+    /// the token and slot back in a second). [`Attempt::SetupNeeded`] when the header row
+    /// does not record `semaphore.permits` or a slot row is missing.
+    #[doc(hidden)]
+    fn try_acquire_permit(
+        &mut self,
+        semaphore: &Semaphore,
+        owner: &str,
+        ttl: Option<Duration>,
+    ) -> QueryResult<Attempt>;
+
+    /// Creates the semaphore's missing rows and records its number of permits, in one
+    /// transaction. If the header records another number and one of that setup's slots
+    /// is held, nothing changes: `Ok(Some(that number))`.
+    #[doc(hidden)]
+    fn setup_semaphore(&mut self, semaphore: &Semaphore) -> QueryResult<Option<i64>>;
 
     /// Extends each lease by its ttl if owner and token still match and it has not expired;
     /// returns, per lease, whether it was extended. One statement for the whole batch.
@@ -388,6 +514,62 @@ pub(crate) struct Column {
     pub(crate) name: String,
 }
 
+/// A slot taken by a permit attempt (MySQL, SQLite).
+#[derive(QueryableByName)]
+#[allow(dead_code)]
+pub(crate) struct PermitRow {
+    #[diesel(sql_type = Text)]
+    pub(crate) name: String,
+    #[diesel(sql_type = BigInt)]
+    pub(crate) token: i64,
+}
+
+/// Why a permit attempt took no slot (MySQL, SQLite): whether the header records the
+/// permits asked for, how many slot rows exist and how many are free, and the slot whose
+/// lease ends first.
+#[derive(QueryableByName)]
+#[allow(dead_code)]
+pub(crate) struct PermitState {
+    #[diesel(sql_type = BigInt)]
+    pub(crate) header: i64,
+    #[diesel(sql_type = BigInt)]
+    pub(crate) slots: i64,
+    #[diesel(sql_type = BigInt)]
+    pub(crate) free: i64,
+    #[diesel(sql_type = Nullable<Text>)]
+    pub(crate) holder: Option<String>,
+    #[diesel(sql_type = Nullable<Double>)]
+    pub(crate) expires_in: Option<f64>,
+}
+
+impl PermitState {
+    /// The attempt's outcome, or `None` when a slot was free after all (taken by a
+    /// concurrent attempt between the two reads, and released again): try once more.
+    #[allow(dead_code)]
+    pub(crate) fn outcome(self, semaphore: &Semaphore) -> Option<Attempt> {
+        if self.header == 0 || self.slots < i64::from(semaphore.permits) {
+            return Some(Attempt::SetupNeeded);
+        }
+        if self.free > 0 {
+            return None;
+        }
+        Some(Attempt::Held {
+            holder: self.holder,
+            expires_in: self
+                .expires_in
+                .and_then(|s| Duration::try_from_secs_f64(s.max(0.0)).ok()),
+        })
+    }
+}
+
+/// A semaphore's slot names as one JSON bind, `[["name␟1"], ...]` (MySQL, SQLite).
+#[allow(dead_code)]
+pub(crate) fn slots_json(slots: &[String]) -> String {
+    crate::stmt::json_rows(slots, |slot, row| {
+        row.text(slot);
+    })
+}
+
 /// A refused attempt, as the name's row shows it.
 // Which backends use it depends on the features.
 #[allow(dead_code)]
@@ -468,5 +650,50 @@ mod tests {
             "WSREP detected deadlock/conflict and aborted the transaction. Try restarting the transaction",
         );
         assert!(!breaks_connection(&conflict));
+    }
+}
+
+#[cfg(test)]
+mod semaphore_rows {
+    use super::*;
+
+    fn info(name: &str, token: i64) -> LockInfo {
+        LockInfo {
+            name: name.to_owned(),
+            locked_by: None,
+            expires_in: None,
+            token,
+        }
+    }
+
+    #[test]
+    fn rows_name_their_semaphore() {
+        let sem = Semaphore::new("jobs", 3);
+        assert_eq!(sem.header, "jobs\u{241F}permits");
+        assert_eq!(
+            sem.slots,
+            ["jobs\u{241F}1", "jobs\u{241F}2", "jobs\u{241F}3"]
+        );
+        assert_eq!(sem.slots_of(2), ["jobs\u{241F}1", "jobs\u{241F}2"]);
+        assert!(sem.slots_of(0).is_empty() && sem.slots_of(-1).is_empty());
+        assert_eq!(queue_key("jobs\u{241F}2"), "jobs");
+        assert_eq!(queue_key("jobs"), "jobs");
+        assert_eq!(
+            info("jobs\u{241F}2", 7).semaphore(),
+            Some(SemaphoreRow::Slot {
+                semaphore: "jobs",
+                slot: 2
+            })
+        );
+        assert_eq!(
+            info("jobs\u{241F}permits", 3).semaphore(),
+            Some(SemaphoreRow::Permits {
+                semaphore: "jobs",
+                permits: 3
+            })
+        );
+        for lock in ["jobs", "jobs\u{241F}", "jobs\u{241F}0", "jobs\u{241F}x"] {
+            assert_eq!(info(lock, 1).semaphore(), None, "{lock:?}");
+        }
     }
 }

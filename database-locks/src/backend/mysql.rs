@@ -14,11 +14,11 @@ use std::time::Duration;
 use diesel::connection::SimpleConnection;
 use diesel::mysql::MysqlConnection;
 use diesel::result::Error as DieselError;
-use diesel::{QueryResult, RunQueryDsl};
+use diesel::{Connection, QueryResult, RunQueryDsl};
 
 use super::{
-    classify, held_by, matched, migration_outcome, Attempt, Column, Count, Failure, Lease,
-    LockConnection, Migration,
+    classify, held_by, matched, migration_outcome, slots_json, Attempt, Column, Count, Failure,
+    Lease, LockConnection, Migration, PermitRow, PermitState, Semaphore,
 };
 use crate::config::BackendKind;
 use crate::stmt::{json_rows, Bind, Stmt};
@@ -137,6 +137,66 @@ const ADD_TOKEN: &str =
 const MIGRATE_LOCK: &str = "SELECT CAST(GET_LOCK('database_locks_migrate', 60) AS SIGNED) AS n";
 const MIGRATE_UNLOCK: &str = "SELECT CAST(RELEASE_LOCK('database_locks_migrate') AS SIGNED) AS n";
 
+// A permit of a semaphore: one free slot (released, expired or this owner's), chosen in a
+// derived table (materialised, since it has a LIMIT, so MySQL allows it beside the table it
+// updates) and taken by the outer UPDATE, whose WHERE checks again. Binds: slot rows
+// (JSON), owner, header, permits, owner; then owner, ttl µs, owner. Slot rows are found by
+// the unique index through the JSON join (as `RENEW` does).
+const PERMIT: &str = "\
+UPDATE database_locks_lock l
+  JOIN (SELECT s.id FROM JSON_TABLE(?, '$[*]' COLUMNS (name JSON PATH '$[0]')) j
+          JOIN database_locks_lock s ON s.name = JSON_UNQUOTE(j.name)
+         WHERE (s.expires_at IS NULL OR s.expires_at < UTC_TIMESTAMP(6) OR CAST(s.locked_by AS BINARY) = ?)
+           AND EXISTS (SELECT 1 FROM database_locks_lock h WHERE h.name = ? AND h.token = ?)
+         ORDER BY CAST(s.locked_by AS BINARY) <=> CAST(? AS BINARY) DESC, s.expires_at
+         LIMIT 1) pick ON l.id = pick.id
+   SET l.token = LAST_INSERT_ID(l.token + 1), l.locked_by = ?,
+       l.expires_at = COALESCE(UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND, '9999-01-01 00:00:00')
+ WHERE l.expires_at IS NULL OR l.expires_at < UTC_TIMESTAMP(6) OR CAST(l.locked_by AS BINARY) = ?";
+
+// Which slot it took (binds: slot rows, owner): the owner's slot with the token just set.
+const PERMIT_TAKEN: &str = "\
+SELECT CAST(l.name AS CHAR) AS name, l.token AS token
+  FROM JSON_TABLE(?, '$[*]' COLUMNS (name JSON PATH '$[0]')) j
+  JOIN database_locks_lock l ON l.name = JSON_UNQUOTE(j.name)
+ WHERE CAST(l.locked_by AS BINARY) = ? AND l.token = LAST_INSERT_ID()";
+
+// Why no slot was taken (binds: header, permits, slot rows three times).
+const PERMIT_STATE: &str = "\
+SELECT (SELECT COUNT(*) FROM database_locks_lock WHERE name = ? AND token = ?) AS header,
+       (SELECT COUNT(*) FROM JSON_TABLE(?, '$[*]' COLUMNS (name JSON PATH '$[0]')) j
+          JOIN database_locks_lock l ON l.name = JSON_UNQUOTE(j.name)) AS slots,
+       (SELECT COUNT(*) FROM JSON_TABLE(?, '$[*]' COLUMNS (name JSON PATH '$[0]')) j
+          JOIN database_locks_lock l ON l.name = JSON_UNQUOTE(j.name)
+         WHERE l.expires_at IS NULL OR l.expires_at < UTC_TIMESTAMP(6)) AS free,
+       h.locked_by AS holder, h.expires_in AS expires_in
+  FROM (SELECT 1 AS one) o
+  LEFT JOIN (SELECT l.locked_by, TIMESTAMPDIFF(MICROSECOND, UTC_TIMESTAMP(6), l.expires_at) / 1e6 AS expires_in
+               FROM JSON_TABLE(?, '$[*]' COLUMNS (name JSON PATH '$[0]')) j
+               JOIN database_locks_lock l ON l.name = JSON_UNQUOTE(j.name)
+              WHERE l.expires_at IS NOT NULL ORDER BY l.expires_at LIMIT 1) h ON true";
+
+// Setting a semaphore up, in one transaction: the header row (binds: header, permits,
+// header), locked while the setup runs; how many slots of the recorded setup are held;
+// the new number of permits; the missing slot rows, released. Slots of a larger earlier
+// setup stay: their tokens must keep growing if it comes back.
+const PERMITS_HEADER: &str = "\
+INSERT INTO database_locks_lock (name, locked_by, expires_at, token)
+SELECT ?, NULL, NULL, ? FROM DUAL WHERE NOT EXISTS (SELECT 1 FROM database_locks_lock WHERE name = ?)";
+
+const PERMITS_READ: &str = "SELECT token AS n FROM database_locks_lock WHERE name = ? FOR UPDATE";
+
+const PERMITS_LIVE: &str = "\
+SELECT COUNT(*) AS n FROM JSON_TABLE(?, '$[*]' COLUMNS (name JSON PATH '$[0]')) j
+  JOIN database_locks_lock l ON l.name = JSON_UNQUOTE(j.name)
+ WHERE l.expires_at >= UTC_TIMESTAMP(6)";
+
+const PERMITS_SET: &str = "UPDATE database_locks_lock SET token = ? WHERE name = ?";
+
+const PERMITS_SLOT: &str = "\
+INSERT INTO database_locks_lock (name, locked_by, expires_at, token)
+SELECT ?, NULL, NULL, 0 FROM DUAL WHERE NOT EXISTS (SELECT 1 FROM database_locks_lock WHERE name = ?)";
+
 // Galera: every read waits until this node has applied what the cluster committed before
 // it, so `verify` sees a theft committed through another node. MariaDB without Galera
 // accepts the setting and ignores it; MySQL without Galera does not know it.
@@ -237,6 +297,79 @@ impl LockConnection for MysqlConnection {
         Ok(Attempt::Held {
             holder: None,
             expires_in: None,
+        })
+    }
+
+    fn try_acquire_permit(
+        &mut self,
+        semaphore: &Semaphore,
+        owner: &str,
+        ttl: Option<Duration>,
+    ) -> QueryResult<Attempt> {
+        let slots = slots_json(&semaphore.slots);
+        let permits = i64::from(semaphore.permits);
+        // A free slot seen by the second read was taken and given back between the two:
+        // look again, a few times.
+        for _ in 0..3 {
+            let binds = [
+                Bind::Text(&slots),
+                Bind::Text(owner),
+                Bind::Text(&semaphore.header),
+                Bind::BigInt(permits),
+                Bind::Text(owner),
+                Bind::Text(owner),
+                Bind::OptBigInt(micros(ttl)),
+                Bind::Text(owner),
+            ];
+            if matched(Stmt::new(PERMIT, &binds).execute(self)?) {
+                let rows: Vec<PermitRow> =
+                    Stmt::new(PERMIT_TAKEN, &[Bind::Text(&slots), Bind::Text(owner)]).load(self)?;
+                if let Some(row) = rows.into_iter().next() {
+                    return Ok(Attempt::Permit {
+                        row: row.name,
+                        token: row.token,
+                    });
+                }
+                continue;
+            }
+            let slots = Bind::Text(&slots);
+            let binds = [
+                Bind::Text(&semaphore.header),
+                Bind::BigInt(permits),
+                slots,
+                slots,
+                slots,
+            ];
+            let state: Vec<PermitState> = Stmt::new(PERMIT_STATE, &binds).load(self)?;
+            if let Some(outcome) = state.into_iter().next().and_then(|s| s.outcome(semaphore)) {
+                return Ok(outcome);
+            }
+        }
+        Ok(Attempt::Held {
+            holder: None,
+            expires_in: None,
+        })
+    }
+
+    fn setup_semaphore(&mut self, semaphore: &Semaphore) -> QueryResult<Option<i64>> {
+        let permits = i64::from(semaphore.permits);
+        self.transaction(|conn| {
+            let header = Bind::Text(&semaphore.header);
+            Stmt::new(PERMITS_HEADER, &[header, Bind::BigInt(permits), header]).execute(conn)?;
+            let rows: Vec<Count> = Stmt::new(PERMITS_READ, &[header]).load(conn)?;
+            let recorded = rows.first().map_or(permits, |c| c.n);
+            if recorded != permits {
+                let old = slots_json(&semaphore.slots_of(recorded));
+                let live: Vec<Count> = Stmt::new(PERMITS_LIVE, &[Bind::Text(&old)]).load(conn)?;
+                if live.first().is_some_and(|c| c.n > 0) {
+                    return Ok(Some(recorded));
+                }
+                Stmt::new(PERMITS_SET, &[Bind::BigInt(permits), header]).execute(conn)?;
+            }
+            for slot in &semaphore.slots {
+                Stmt::new(PERMITS_SLOT, &[Bind::Text(slot), Bind::Text(slot)]).execute(conn)?;
+            }
+            Ok(None)
         })
     }
 

@@ -14,7 +14,7 @@ use parking_lot::Mutex;
 use super::exec::{Permit, Permits, Reply, Workers};
 use super::{
     breaks_connection, classify, Attempt, Failure, Lease, Listener, LockConnection, LockInfo,
-    Migration,
+    Migration, Semaphore,
 };
 use crate::config::{mask_url, BackendKind};
 use crate::error::Error;
@@ -46,6 +46,15 @@ pub(crate) trait Store: Send + Sync + 'static {
         &self,
         deadline: Instant,
         name: &str,
+        owner: &str,
+        ttl: Option<Duration>,
+    ) -> Result<Attempt, OpError>;
+    /// One attempt at a permit of the semaphore; sets it up first when needed
+    /// ([`Attempt::Mismatch`] when it is in use with another number of permits).
+    fn try_acquire_permit(
+        &self,
+        deadline: Instant,
+        semaphore: &Semaphore,
         owner: &str,
         ttl: Option<Duration>,
     ) -> Result<Attempt, OpError>;
@@ -693,6 +702,45 @@ where
                     let lease = (undo_ids.0, undo_ids.1, token);
                     if let Err(err) = c.release(lease_of(&lease), None) {
                         tracing::debug!("releasing a lock granted too late: {err}");
+                    }
+                }
+            },
+        )
+    }
+
+    fn try_acquire_permit(
+        &self,
+        deadline: Instant,
+        semaphore: &Semaphore,
+        owner: &str,
+        ttl: Option<Duration>,
+    ) -> Result<Attempt, OpError> {
+        let (semaphore, owner) = (semaphore.clone(), owner.to_owned());
+        let undo_owner = owner.clone();
+        self.run_on(
+            "acquire",
+            deadline,
+            Lane::Shared,
+            move |c| match c.try_acquire_permit(&semaphore, &owner, ttl)? {
+                Attempt::SetupNeeded => match c.setup_semaphore(&semaphore)? {
+                    Some(permits) => Ok(Attempt::Mismatch { permits }),
+                    None => match c.try_acquire_permit(&semaphore, &owner, ttl)? {
+                        // Changed again in between: a waiter looks again later.
+                        Attempt::SetupNeeded => Ok(Attempt::Held {
+                            holder: None,
+                            expires_in: None,
+                        }),
+                        attempt => Ok(attempt),
+                    },
+                },
+                attempt => Ok(attempt),
+            },
+            // Granted after its caller gave up: nobody holds it, so let it go at once.
+            move |c, attempt| {
+                if let Attempt::Permit { row, token } = attempt {
+                    let lease = (row, undo_owner, token);
+                    if let Err(err) = c.release(lease_of(&lease), None) {
+                        tracing::debug!("releasing a permit granted too late: {err}");
                     }
                 }
             },

@@ -16,7 +16,9 @@ use diesel::pg::PgConnection;
 use diesel::sql_types::{BigInt, Bool, Double, Nullable, Text};
 use diesel::{Connection, QueryResult, QueryableByName, RunQueryDsl};
 
-use super::{migration_outcome, Attempt, Column, Count, Lease, LockConnection, Migration};
+use super::{
+    migration_outcome, Attempt, Column, Count, Lease, LockConnection, Migration, Semaphore,
+};
 use crate::config::BackendKind;
 use crate::stmt::{Bind, Stmt};
 
@@ -46,6 +48,74 @@ SELECT false, l.token, l.locked_by,
        CAST(EXTRACT(EPOCH FROM l.expires_at - clock_timestamp()) AS float8)
   FROM database_locks_lock l, p
  WHERE l.name = p.name AND NOT EXISTS (SELECT 1 FROM upd) AND NOT EXISTS (SELECT 1 FROM ins)";
+
+// A permit of a semaphore (binds: header row, permits, slot rows, owner, ttl in seconds).
+// `ready`: the header records these permits and every slot row exists (otherwise outcome
+// 2: set up first). `pick` locks one free slot, skipping slots another attempt is taking
+// right now, so concurrent attempts take different slots; a slot already this owner's
+// comes first (a reclaim). Outcome 1: taken; 0: all held, with the lease that ends first.
+const PERMIT: &str = "\
+WITH p AS (
+  SELECT CAST(? AS varchar) AS header, CAST(? AS bigint) AS permits, CAST(? AS text[]) AS slots,
+         CAST(? AS text) AS owner,
+         COALESCE(clock_timestamp() + make_interval(secs => ?),
+                  TIMESTAMPTZ '9999-01-01 00:00:00+00') AS expires_at),
+ready AS (
+  SELECT 1 AS ok FROM p
+   WHERE EXISTS (SELECT 1 FROM database_locks_lock h WHERE h.name = p.header AND h.token = p.permits)
+     AND (SELECT COUNT(*) FROM database_locks_lock s WHERE s.name = ANY (p.slots)) = p.permits),
+pick AS (
+  SELECT l.id FROM database_locks_lock l, p
+   WHERE l.name = ANY (p.slots) AND EXISTS (SELECT 1 FROM ready)
+     AND (l.expires_at IS NULL OR l.expires_at < clock_timestamp() OR l.locked_by = p.owner)
+   ORDER BY COALESCE(l.locked_by = p.owner, false) DESC, l.expires_at NULLS FIRST
+   LIMIT 1
+   FOR UPDATE OF l SKIP LOCKED),
+upd AS (
+  UPDATE database_locks_lock l
+     SET locked_by = p.owner, expires_at = p.expires_at, token = l.token + 1
+    FROM p, pick
+   WHERE l.id = pick.id
+  RETURNING l.name, l.token)
+SELECT CAST(1 AS bigint) AS outcome, CAST(name AS text) AS name, token, CAST(NULL AS text) AS holder,
+       CAST(NULL AS float8) AS expires_in FROM upd
+UNION ALL
+SELECT 0, NULL, 0, h.locked_by, CAST(EXTRACT(EPOCH FROM h.expires_at - clock_timestamp()) AS float8)
+  FROM (SELECT l.locked_by, l.expires_at FROM database_locks_lock l, p
+         WHERE l.name = ANY (p.slots) AND l.expires_at IS NOT NULL
+         ORDER BY l.expires_at LIMIT 1) h
+ WHERE EXISTS (SELECT 1 FROM ready) AND NOT EXISTS (SELECT 1 FROM upd)
+UNION ALL
+SELECT 0, NULL, 0, NULL, NULL
+ WHERE EXISTS (SELECT 1 FROM ready) AND NOT EXISTS (SELECT 1 FROM upd)
+   AND NOT EXISTS (SELECT 1 FROM database_locks_lock l, p WHERE l.name = ANY (p.slots) AND l.expires_at IS NOT NULL)
+UNION ALL
+SELECT 2, NULL, 0, NULL, NULL WHERE NOT EXISTS (SELECT 1 FROM ready)";
+
+// Setting a semaphore up, in one transaction: the header row (binds: header, permits,
+// header), locked while the setup runs; ...
+const PERMITS_HEADER: &str = "\
+INSERT INTO database_locks_lock (name, locked_by, expires_at, token)
+SELECT CAST(? AS varchar), NULL, NULL, ? WHERE NOT EXISTS (SELECT 1 FROM database_locks_lock WHERE name = ?)
+ON CONFLICT (name) DO NOTHING";
+
+const PERMITS_READ: &str = "SELECT token AS n FROM database_locks_lock WHERE name = ? FOR UPDATE";
+
+// ... how many slots of the recorded setup are held (binds: slot rows) ...
+const PERMITS_LIVE: &str = "\
+SELECT COUNT(*) AS n FROM database_locks_lock
+ WHERE name = ANY (CAST(? AS text[])) AND expires_at >= clock_timestamp()";
+
+// ... the new number of permits (binds: permits, header) ...
+const PERMITS_SET: &str = "UPDATE database_locks_lock SET token = ? WHERE name = ?";
+
+// ... and the slot rows that are missing, released (binds: slot rows). Slots of a larger
+// earlier setup stay: their tokens must keep growing if it comes back.
+const PERMITS_SLOTS: &str = "\
+INSERT INTO database_locks_lock (name, locked_by, expires_at, token)
+SELECT s, NULL, NULL, 0 FROM unnest(CAST(? AS text[])) s
+ WHERE NOT EXISTS (SELECT 1 FROM database_locks_lock l WHERE l.name = s)
+ON CONFLICT (name) DO NOTHING";
 
 // Binds: names, owners, tokens, ttls in seconds (arrays of one length). Sorted by name,
 // so that two batches lock shared rows in the same order. Returns the position (from 1)
@@ -171,6 +241,20 @@ fn attempt_from(row: Option<AttemptRow>) -> Attempt {
     }
 }
 
+#[derive(QueryableByName)]
+struct PermitAttemptRow {
+    #[diesel(sql_type = BigInt)]
+    outcome: i64,
+    #[diesel(sql_type = Nullable<Text>)]
+    name: Option<String>,
+    #[diesel(sql_type = BigInt)]
+    token: i64,
+    #[diesel(sql_type = Nullable<Text>)]
+    holder: Option<String>,
+    #[diesel(sql_type = Nullable<Double>)]
+    expires_in: Option<f64>,
+}
+
 impl super::sealed::Sealed for PgConnection {}
 
 impl LockConnection for PgConnection {
@@ -204,6 +288,65 @@ impl LockConnection for PgConnection {
         ];
         let rows: Vec<AttemptRow> = Stmt::new(ACQUIRE, &binds).load(self)?;
         Ok(attempt_from(rows.into_iter().next()))
+    }
+
+    fn try_acquire_permit(
+        &mut self,
+        semaphore: &Semaphore,
+        owner: &str,
+        ttl: Option<Duration>,
+    ) -> QueryResult<Attempt> {
+        let slots: Vec<&str> = semaphore.slots.iter().map(String::as_str).collect();
+        let binds = [
+            Bind::Text(&semaphore.header),
+            Bind::BigInt(i64::from(semaphore.permits)),
+            Bind::TextArray(&slots),
+            Bind::Text(owner),
+            Bind::Double(ttl_secs(ttl)),
+        ];
+        let rows: Vec<PermitAttemptRow> = Stmt::new(PERMIT, &binds).load(self)?;
+        Ok(match rows.into_iter().next() {
+            Some(PermitAttemptRow {
+                outcome: 1,
+                name: Some(row),
+                token,
+                ..
+            }) => Attempt::Permit { row, token },
+            Some(PermitAttemptRow { outcome: 2, .. }) => Attempt::SetupNeeded,
+            Some(row) => Attempt::Held {
+                holder: row.holder,
+                expires_in: row
+                    .expires_in
+                    .and_then(|s| Duration::try_from_secs_f64(s.max(0.0)).ok()),
+            },
+            None => Attempt::Held {
+                holder: None,
+                expires_in: None,
+            },
+        })
+    }
+
+    fn setup_semaphore(&mut self, semaphore: &Semaphore) -> QueryResult<Option<i64>> {
+        let permits = i64::from(semaphore.permits);
+        self.transaction(|conn| {
+            let header = Bind::Text(&semaphore.header);
+            Stmt::new(PERMITS_HEADER, &[header, Bind::BigInt(permits), header]).execute(conn)?;
+            let rows: Vec<Count> = Stmt::new(PERMITS_READ, &[header]).load(conn)?;
+            let recorded = rows.first().map_or(permits, |c| c.n);
+            if recorded != permits {
+                let old = semaphore.slots_of(recorded);
+                let old: Vec<&str> = old.iter().map(String::as_str).collect();
+                let live: Vec<Count> =
+                    Stmt::new(PERMITS_LIVE, &[Bind::TextArray(&old)]).load(conn)?;
+                if live.first().is_some_and(|c| c.n > 0) {
+                    return Ok(Some(recorded));
+                }
+                Stmt::new(PERMITS_SET, &[Bind::BigInt(permits), header]).execute(conn)?;
+            }
+            let slots: Vec<&str> = semaphore.slots.iter().map(String::as_str).collect();
+            Stmt::new(PERMITS_SLOTS, &[Bind::TextArray(&slots)]).execute(conn)?;
+            Ok(None)
+        })
     }
 
     fn renew(&mut self, leases: &[(Lease<'_>, Duration)]) -> QueryResult<Vec<bool>> {

@@ -13,7 +13,8 @@ use diesel::sqlite::SqliteConnection;
 use diesel::{QueryResult, QueryableByName, RunQueryDsl};
 
 use super::{
-    held_by, matched, migration_outcome, Attempt, Column, Lease, LockConnection, Migration,
+    held_by, matched, migration_outcome, slots_json, Attempt, Column, Lease, LockConnection,
+    Migration, PermitRow, PermitState, Semaphore,
 };
 use crate::config::BackendKind;
 use crate::stmt::{json_rows, Bind, Stmt};
@@ -87,6 +88,62 @@ const FORCE_RELEASE: &str = "\
 UPDATE database_locks_lock SET expires_at = NULL WHERE name = ? AND expires_at IS NOT NULL";
 
 const COLUMNS: &str = "SELECT name FROM pragma_table_info('database_locks_lock')";
+
+// A permit of a semaphore: one free slot (released, expired or this owner's, which comes
+// first), if the header records these permits. One writer at a time, so the choice and
+// the write cannot be split by another attempt. Binds: owner, ttl modifier, slot rows
+// (JSON), owner, header, permits, owner.
+const PERMIT: &str = "\
+UPDATE database_locks_lock
+   SET locked_by = ?,
+       expires_at = COALESCE(strftime('%Y-%m-%d %H:%M:%f', 'now', ?) || '000', '9999-01-01 00:00:00.000000'),
+       token = token + 1
+ WHERE id = (
+   SELECT l.id FROM database_locks_lock l
+    WHERE l.name IN (SELECT json_extract(j.value, '$[0]') FROM json_each(?) j)
+      AND (l.expires_at IS NULL OR l.expires_at < strftime('%Y-%m-%d %H:%M:%f', 'now') || '000' OR l.locked_by = ?)
+      AND EXISTS (SELECT 1 FROM database_locks_lock h WHERE h.name = ? AND h.token = ?)
+    ORDER BY l.locked_by IS ? DESC, l.expires_at IS NOT NULL, l.expires_at
+    LIMIT 1)
+RETURNING name, token";
+
+// Why no slot was taken (binds: header, permits, slot rows three times).
+const PERMIT_STATE: &str = "\
+SELECT (SELECT COUNT(*) FROM database_locks_lock WHERE name = ? AND token = ?) AS header,
+       (SELECT COUNT(*) FROM database_locks_lock
+         WHERE name IN (SELECT json_extract(j.value, '$[0]') FROM json_each(?) j)) AS slots,
+       (SELECT COUNT(*) FROM database_locks_lock
+         WHERE name IN (SELECT json_extract(j.value, '$[0]') FROM json_each(?) j)
+           AND (expires_at IS NULL OR expires_at < strftime('%Y-%m-%d %H:%M:%f', 'now') || '000')) AS free,
+       h.locked_by AS holder, h.expires_in AS expires_in
+  FROM (SELECT 1 AS one) o
+  LEFT JOIN (SELECT locked_by, (julianday(expires_at) - julianday('now')) * 86400.0 AS expires_in
+               FROM database_locks_lock
+              WHERE name IN (SELECT json_extract(j.value, '$[0]') FROM json_each(?) j)
+                AND expires_at IS NOT NULL
+              ORDER BY expires_at LIMIT 1) h ON 1";
+
+// Setting a semaphore up, inside `BEGIN IMMEDIATE`: the header row (binds: header,
+// permits); how many slots of the recorded setup are held; the new number of permits; the
+// missing slot rows, released. Slots of a larger earlier setup stay: their tokens must
+// keep growing if it comes back.
+const PERMITS_HEADER: &str = "\
+INSERT INTO database_locks_lock (name, locked_by, expires_at, token) VALUES (?, NULL, NULL, ?)
+ON CONFLICT (name) DO NOTHING";
+
+const PERMITS_READ: &str = "SELECT token FROM database_locks_lock WHERE name = ?";
+
+const PERMITS_LIVE: &str = "\
+SELECT COUNT(*) AS token FROM database_locks_lock
+ WHERE name IN (SELECT json_extract(j.value, '$[0]') FROM json_each(?) j)
+   AND expires_at >= strftime('%Y-%m-%d %H:%M:%f', 'now') || '000'";
+
+const PERMITS_SET: &str = "UPDATE database_locks_lock SET token = ? WHERE name = ?";
+
+const PERMITS_SLOTS: &str = "\
+INSERT INTO database_locks_lock (name, locked_by, expires_at, token)
+SELECT json_extract(j.value, '$[0]'), NULL, NULL, 0 FROM json_each(?) j WHERE true
+ON CONFLICT (name) DO NOTHING";
 
 // Django's DDL plus our token column.
 const CREATE: &str = "\
@@ -200,6 +257,72 @@ impl LockConnection for SqliteConnection {
                 holder: None,
                 expires_in: None,
             },
+        })
+    }
+
+    fn try_acquire_permit(
+        &mut self,
+        semaphore: &Semaphore,
+        owner: &str,
+        ttl: Option<Duration>,
+    ) -> QueryResult<Attempt> {
+        let slots = slots_json(&semaphore.slots);
+        let permits = i64::from(semaphore.permits);
+        let modifier = modifier(ttl);
+        let binds = [
+            Bind::Text(owner),
+            Bind::OptText(modifier.as_deref()),
+            Bind::Text(&slots),
+            Bind::Text(owner),
+            Bind::Text(&semaphore.header),
+            Bind::BigInt(permits),
+            Bind::Text(owner),
+        ];
+        let rows: Vec<PermitRow> = Stmt::new(PERMIT, &binds).load(self)?;
+        if let Some(row) = rows.into_iter().next() {
+            return Ok(Attempt::Permit {
+                row: row.name,
+                token: row.token,
+            });
+        }
+        let slots = Bind::Text(&slots);
+        let binds = [
+            Bind::Text(&semaphore.header),
+            Bind::BigInt(permits),
+            slots,
+            slots,
+            slots,
+        ];
+        let state: Vec<PermitState> = Stmt::new(PERMIT_STATE, &binds).load(self)?;
+        // One writer at a time: a slot free now was freed after the UPDATE looked.
+        Ok(state
+            .into_iter()
+            .next()
+            .and_then(|s| s.outcome(semaphore))
+            .unwrap_or(Attempt::Held {
+                holder: None,
+                expires_in: None,
+            }))
+    }
+
+    fn setup_semaphore(&mut self, semaphore: &Semaphore) -> QueryResult<Option<i64>> {
+        let permits = i64::from(semaphore.permits);
+        self.immediate_transaction(|conn| {
+            let header = Bind::Text(&semaphore.header);
+            Stmt::new(PERMITS_HEADER, &[header, Bind::BigInt(permits)]).execute(conn)?;
+            let rows: Vec<Token> = Stmt::new(PERMITS_READ, &[header]).load(conn)?;
+            let recorded = rows.first().map_or(permits, |c| c.token);
+            if recorded != permits {
+                let old = slots_json(&semaphore.slots_of(recorded));
+                let live: Vec<Token> = Stmt::new(PERMITS_LIVE, &[Bind::Text(&old)]).load(conn)?;
+                if live.first().is_some_and(|c| c.token > 0) {
+                    return Ok(Some(recorded));
+                }
+                Stmt::new(PERMITS_SET, &[Bind::BigInt(permits), header]).execute(conn)?;
+            }
+            let slots = slots_json(&semaphore.slots);
+            Stmt::new(PERMITS_SLOTS, &[Bind::Text(&slots)]).execute(conn)?;
+            Ok(None)
         })
     }
 
