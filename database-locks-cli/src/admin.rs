@@ -4,7 +4,7 @@
 
 use std::io::Write;
 
-use database_locks::{Config, LockInfo, Locks, Migration};
+use database_locks::{Config, LockInfo, Locks, Migration, SemaphoreRow};
 use serde::Serialize;
 
 use crate::cli::{ListArgs, ReleaseArgs, StatusArgs};
@@ -14,6 +14,74 @@ use crate::{admin_locks, exit, format, Failure, Outcome};
 #[derive(Debug, Serialize)]
 struct ListJson<'a> {
     locks: Vec<LockJson<'a>>,
+    /// Semaphores (`run --permits`), each with its held slots; their rows are not in
+    /// `locks`.
+    semaphores: Vec<SemaphoreJson<'a>>,
+}
+
+#[derive(Debug, Serialize)]
+struct SemaphoreJson<'a> {
+    name: &'a str,
+    /// The number of permits it is set up with.
+    permits: i64,
+    /// The slots held now: `slot` (from 1) and a lock's fields.
+    held: Vec<SlotJson<'a>>,
+}
+
+#[derive(Debug, Serialize)]
+struct SlotJson<'a> {
+    slot: u32,
+    #[serde(flatten)]
+    lease: LockJson<'a>,
+}
+
+/// The rows of `list`: locks as they are, semaphores gathered from their rows.
+struct Listing<'a> {
+    locks: Vec<&'a LockInfo>,
+    semaphores: Vec<Semaphore<'a>>,
+}
+
+struct Semaphore<'a> {
+    name: &'a str,
+    permits: i64,
+    /// Held slots, by slot number.
+    held: Vec<(u32, &'a LockInfo)>,
+}
+
+impl<'a> Listing<'a> {
+    fn of(infos: &'a [LockInfo]) -> Self {
+        let mut locks = Vec::new();
+        let mut semaphores: std::collections::BTreeMap<&str, Semaphore<'a>> = Default::default();
+        for info in infos {
+            let entry = |name| Semaphore {
+                name,
+                permits: 0,
+                held: Vec::new(),
+            };
+            match info.semaphore() {
+                Some(SemaphoreRow::Permits { semaphore, permits }) => {
+                    semaphores
+                        .entry(semaphore)
+                        .or_insert_with(|| entry(semaphore))
+                        .permits = permits;
+                }
+                Some(SemaphoreRow::Slot { semaphore, slot }) => {
+                    let sem = semaphores
+                        .entry(semaphore)
+                        .or_insert_with(|| entry(semaphore));
+                    if info.is_held() {
+                        sem.held.push((slot, info));
+                    }
+                }
+                _ => locks.push(info),
+            }
+        }
+        let mut semaphores: Vec<_> = semaphores.into_values().collect();
+        for sem in &mut semaphores {
+            sem.held.sort_by_key(|(slot, _)| *slot);
+        }
+        Listing { locks, semaphores }
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -49,37 +117,73 @@ pub fn list(config: Config, args: ListArgs) -> Outcome {
     let locks = admin_locks(config)?;
     let infos = locks.list()?;
     let mut out = std::io::stdout().lock();
+    let listing = Listing::of(&infos);
     let written = if args.json {
         let json = ListJson {
-            locks: infos.iter().map(LockJson::from).collect(),
+            locks: listing
+                .locks
+                .iter()
+                .map(|&info| LockJson::from(info))
+                .collect(),
+            semaphores: listing
+                .semaphores
+                .iter()
+                .map(|sem| SemaphoreJson {
+                    name: sem.name,
+                    permits: sem.permits,
+                    held: sem
+                        .held
+                        .iter()
+                        .map(|&(slot, info)| SlotJson {
+                            slot,
+                            lease: LockJson::from(info),
+                        })
+                        .collect(),
+                })
+                .collect(),
         };
         serde_json::to_writer_pretty(&mut out, &json)
             .map_err(std::io::Error::from)
             .and_then(|()| writeln!(out))
     } else {
-        write_table(&mut out, &infos)
+        write_table(&mut out, &listing)
     };
     written.map_err(|err| Failure::from(format!("cannot write the list: {err}")))?;
     Ok(exit::OK)
 }
 
-fn write_table(out: &mut impl Write, infos: &[LockInfo]) -> std::io::Result<()> {
-    if infos.is_empty() {
+fn write_table(out: &mut impl Write, listing: &Listing<'_>) -> std::io::Result<()> {
+    if listing.locks.is_empty() && listing.semaphores.is_empty() {
         return writeln!(out, "no locks");
     }
     let header = ["NAME", "STATE", "OWNER", "EXPIRES", "TOKEN"];
-    let rows: Vec<[String; 5]> = infos
+    let row = |name: String, info: &LockInfo| {
+        [
+            name,
+            info.state().to_owned(),
+            info.locked_by.clone().unwrap_or_else(|| "-".into()),
+            format::expiry(info.expires_in),
+            info.token.to_string(),
+        ]
+    };
+    let mut rows: Vec<[String; 5]> = listing
+        .locks
         .iter()
-        .map(|info| {
-            [
-                info.name.clone(),
-                info.state().to_owned(),
-                info.locked_by.clone().unwrap_or_else(|| "-".into()),
-                format::expiry(info.expires_in),
-                info.token.to_string(),
-            ]
-        })
+        .map(|info| row(info.name.clone(), info))
         .collect();
+    // A semaphore: one line with how many of its permits are held, then its holders.
+    for sem in &listing.semaphores {
+        rows.push([
+            sem.name.to_owned(),
+            format!("semaphore, {} of {} held", sem.held.len(), sem.permits),
+            "-".into(),
+            "-".into(),
+            "-".into(),
+        ]);
+        for (slot, info) in &sem.held {
+            rows.push(row(format!("  permit {slot}"), info));
+        }
+    }
     let mut widths = header.map(str::len);
     for row in &rows {
         for (width, cell) in widths.iter_mut().zip(row) {

@@ -40,14 +40,16 @@ pub enum Command {
     /// Linux, COMMAND also gets SIGKILL if the tool itself dies. SIGINT, SIGTERM, SIGHUP,
     /// SIGQUIT, SIGUSR1 and SIGUSR2 are passed on to COMMAND. COMMAND gets
     /// DATABASE_LOCKS_NAME, DATABASE_LOCKS_OWNER and DATABASE_LOCKS_TOKEN (the fencing
-    /// token) in its environment.
+    /// token) in its environment. With --permits K, NAME is a semaphore: at most K copies
+    /// of COMMAND run at once across hosts.
     #[command(
         after_help = crate::exit::HELP,
         override_usage = "database-locks run [OPTIONS] NAME [--] COMMAND [ARGS]..."
     )]
     Run(RunArgs),
 
-    /// Every lock: name, state (held, expired, released), owner, time left, token
+    /// Every lock: name, state (held, expired, released), owner, time left, token;
+    /// semaphores as one entry with their holders
     List(ListArgs),
 
     /// Whether a lock is held: exit 0 held, 1 free, 2 error; prints the owner and time left
@@ -104,6 +106,11 @@ pub struct LockArgs {
     /// quick job scheduled on several hosts runs once per schedule
     #[arg(long, value_name = "S", value_parser = seconds)]
     pub at_least: Option<Duration>,
+
+    /// NAME is a semaphore of K permits: at most K holders at once (every host must pass
+    /// the same K). The holder gets one slot, DATABASE_LOCKS_SLOT in COMMAND's environment
+    #[arg(long, value_name = "K", value_parser = clap::value_parser!(u32).range(1..=i64::from(database_locks::MAX_PERMITS)))]
+    pub permits: Option<u32>,
 }
 
 #[derive(Debug, Args)]

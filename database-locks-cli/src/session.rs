@@ -98,7 +98,10 @@ impl Session {
     }
 
     fn acquire(&mut self, args: &LockArgs) -> Result<Took, Failure> {
-        let mut builder = self.locks.lock(args.name.clone());
+        let mut builder = match args.permits {
+            Some(permits) => self.locks.semaphore(args.name.clone(), permits),
+            None => self.locks.lock(args.name.clone()),
+        };
         if let Some(timeout) = args.timeout {
             builder = builder.timeout(timeout);
         }
@@ -352,7 +355,11 @@ fn start_check(locks: &Locks, guard: &LockGuard, events: Sender<Event>) -> Optio
     let (Some(owner), Some(token)) = (guard.locked_by().map(str::to_owned), guard.token()) else {
         return None;
     };
-    let (locks, name) = (locks.clone(), guard.name().to_owned());
+    // A permit's lease is its slot's row.
+    let name = guard
+        .permit()
+        .map_or_else(|| guard.name().to_owned(), |p| p.row);
+    let locks = locks.clone();
     let token = i64::try_from(token).unwrap_or(i64::MAX);
     let (stop, stopped) = mpsc::channel::<()>();
     let spawned = thread::Builder::new().name("check".into()).spawn(move || {
@@ -419,11 +426,17 @@ pub fn run(config: Config, args: RunArgs) -> Outcome {
         Took::Interrupted(signal) => return Ok(exit::signaled(signal.number)),
     };
     let env = match (guard.locked_by(), guard.token()) {
-        (Some(owner), Some(token)) => vec![
-            ("DATABASE_LOCKS_NAME", guard.name().to_owned()),
-            ("DATABASE_LOCKS_OWNER", owner.to_owned()),
-            ("DATABASE_LOCKS_TOKEN", token.to_string()),
-        ],
+        (Some(owner), Some(token)) => {
+            let mut env = vec![
+                ("DATABASE_LOCKS_NAME", guard.name().to_owned()),
+                ("DATABASE_LOCKS_OWNER", owner.to_owned()),
+                ("DATABASE_LOCKS_TOKEN", token.to_string()),
+            ];
+            if let Some(permit) = guard.permit() {
+                env.push(("DATABASE_LOCKS_SLOT", permit.slot.to_string()));
+            }
+            env
+        }
         _ => {
             warn("locking is disabled (DATABASE_LOCKS_ENABLED); running without the lock");
             Vec::new()

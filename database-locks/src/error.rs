@@ -92,7 +92,8 @@ pub enum Error {
     /// is refused; nothing was changed. Once no permit of the other setup is held, the next
     /// acquisition sets the semaphore up anew with its own number.
     #[error(
-        "semaphore {name:?} is in use with {found} permits, not {permits}; every process must          use the same number (or wait until no permit of the other setup is held)"
+        "semaphore {name:?} is in use with {found} permits, not {permits}; every process must \
+         use the same number (or wait until no permit of the other setup is held)"
     )]
     PermitsMismatch {
         /// The semaphore's name.
