@@ -419,7 +419,36 @@ fn async_permits_on_one_thread(db: &Db) {
     assert_eq!(most.load(std::sync::atomic::Ordering::SeqCst), 2);
 }
 
+/// `examples/semaphore.rs` on this backend: it asserts itself that no more than 2 of its
+/// 5 workers are inside at once, and says so at the end.
+fn the_example_runs(db: &Db) {
+    let example = std::path::Path::new(common::HELPER)
+        .with_file_name("examples")
+        .join("semaphore");
+    assert!(
+        example.exists(),
+        "{} is missing: `cargo test` builds the examples; with a test filter, build it with \
+         `cargo build --all-features --example semaphore`",
+        example.display()
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let mut run = std::process::Command::new(&example)
+        .env("DATABASE_LOCKS_URL", &db.url)
+        .current_dir(dir.path())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = output_of(&mut run, Duration::from_secs(300));
+    assert!(out.contains("done: never more than 2 inside"), "{out}");
+    assert_eq!(
+        out.matches(" inside").count(),
+        11,
+        "10 sections and the end: {out}"
+    );
+}
+
 on_each_backend!(
+    the_example_runs,
     twelve_processes_share_three_permits,
     a_crashed_holder_frees_its_slot_after_its_lease_only,
     another_number_of_permits_is_refused_while_in_use,
