@@ -544,6 +544,7 @@ fn run(target: &Target, plan: &Plan) -> Res<()> {
     }
     handoff(target, plan, &locks, &mut table)?;
     asynchronous(target, plan, &locks, &mut table)?;
+    semaphores(plan, &locks, &mut table)?;
     contended(plan, &locks, &mut table)?;
     waiters(target, plan, &mut table)?;
     scale(target, plan, &mut table)?;
@@ -833,6 +834,71 @@ fn handoff(target: &Target, plan: &Plan, locks: &Locks, table: &mut Table) -> Re
             ),
         );
     }
+    Ok(())
+}
+
+/// Semaphores: an uncontended permit cycle (one of 3 permits) against a lock's cycle in
+/// alternating rounds, with the statements each sends; and 6 threads of one handle on 3
+/// permits, each holding its permit 1 ms.
+fn semaphores(plan: &Plan, locks: &Locks, table: &mut Table) -> Res<()> {
+    let mut lock = acquire_release(locks, "bench.semaphore.lock", true);
+    let mut permit = {
+        let locks = locks.clone();
+        move || -> Res<()> {
+            let guard = locks
+                .semaphore("bench.semaphore", 3)
+                .acquire()
+                .map_err(|e| e.to_string())?;
+            guard.release().map_err(|e| e.to_string())
+        }
+    };
+    rate(Duration::from_millis(200), &mut permit)?;
+    let (mut rates, mut ratios, mut sent) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..plan.rounds {
+        let (l, _) = rate(plan.round, &mut lock)?;
+        let (p, per) = rate(plan.round, &mut permit)?;
+        rates.push(p);
+        ratios.push(p / l);
+        sent.push(per);
+    }
+    table.row(
+        "semaphore permit acquire+release (3 permits), uncontended, cycles/s",
+        format!("{:.0}", median(rates)),
+        format!(
+            "{:.2} x a lock's cycle in alternating rounds; {:.1} statements per cycle",
+            median(ratios),
+            median(sent)
+        ),
+    );
+    let stop = Instant::now() + plan.round;
+    let threads: Vec<_> = (0..6)
+        .map(|_| {
+            let locks = locks.clone();
+            std::thread::spawn(move || -> Res<u64> {
+                let mut n = 0;
+                while Instant::now() < stop {
+                    let guard = locks
+                        .semaphore("bench.semaphore.contended", 3)
+                        .retry(Some(Duration::from_millis(500)))
+                        .acquire()
+                        .map_err(|e| e.to_string())?;
+                    std::thread::sleep(Duration::from_millis(1));
+                    guard.release().map_err(|e| e.to_string())?;
+                    n += 1;
+                }
+                Ok(n)
+            })
+        })
+        .collect();
+    let mut total = 0;
+    for t in threads {
+        total += t.join().map_err(|_| "a bench thread panicked".to_string())??;
+    }
+    table.row(
+        "semaphore, 6 threads of one handle on 3 permits, 1 ms held, permits/s",
+        format!("{:.0}", total as f64 / plan.round.as_secs_f64()),
+        "releases hand the freed slot to the next waiter of the handle (no polling)".to_string(),
+    );
     Ok(())
 }
 
