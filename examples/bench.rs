@@ -892,7 +892,9 @@ fn semaphores(plan: &Plan, locks: &Locks, table: &mut Table) -> Res<()> {
         .collect();
     let mut total = 0;
     for t in threads {
-        total += t.join().map_err(|_| "a bench thread panicked".to_string())??;
+        total += t
+            .join()
+            .map_err(|_| "a bench thread panicked".to_string())??;
     }
     table.row(
         "semaphore, 6 threads of one handle on 3 permits, 1 ms held, permits/s",

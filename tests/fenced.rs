@@ -410,6 +410,10 @@ fn run_increments(db: &Db, fenced: bool) -> Run {
     let mut children: Vec<Child> = (0..8)
         .map(|_| {
             db.helper(&["count", &db.url, &name, mode, "100", "0.3"])
+                // One thread each needs few connections, and 8 pools of the default size
+                // may hold up to 8 x 20 under load: more than PostgreSQL's 100 (seen in a
+                // loaded run: 15 to 23 per helper, most idle since they connected).
+                .env("DATABASE_LOCKS_POOL_MAX_SIZE", "2")
                 .spawn()
                 .unwrap()
         })

@@ -82,6 +82,9 @@ fn twelve_processes_share_three_permits(db: &Db) {
     let mut children: Vec<_> = (0..12)
         .map(|_| {
             db.helper(&["sem-cs", &db.url, &name, "3", "25", &dir_arg])
+                // 12 single-threaded processes: small pools, so that they stay far below
+                // the server's connection limit even when a loaded machine churns them.
+                .env("DATABASE_LOCKS_POOL_MAX_SIZE", "2")
                 .spawn()
                 .unwrap()
         })

@@ -92,6 +92,7 @@ impl Config {
     /// | `DATABASE_LOCKS_DEFAULT_TTL` | lease length in seconds, or `none` for no expiry | `10` |
     /// | `DATABASE_LOCKS_DEFAULT_TTL_RENEW` | renew this many seconds before expiry (at most half the ttl) | `2` |
     /// | `DATABASE_LOCKS_STATEMENT_TIMEOUT` | seconds one statement may take before its connection is abandoned, see [`Config::statement_timeout`] | `10` |
+    /// | `DATABASE_LOCKS_POOL_MAX_SIZE` | statements the handle runs at once, see [`Config::pool_max_size`] | `10` |
     /// | `DATABASE_LOCKS_TRANSACTION_POOLING` | `true`: behind PgBouncer in transaction mode, see [`Config::transaction_pooling`] | `false` |
     /// | `DATABASE_LOCKS_NOTIFY` | `false`: waiters do not `LISTEN` for releases (PostgreSQL), see [`Config::notify`] | `true` |
     /// | `DATABASE_LOCKS_PREPARED_STATEMENTS` | `false`: no statement is prepared by name, see [`Config::prepared_statements`] | `true` |
@@ -157,6 +158,19 @@ impl Config {
         if let Some(value) = get("DATABASE_LOCKS_DEFAULT_TTL_RENEW") {
             config.default_ttl_renew = parse_seconds("DATABASE_LOCKS_DEFAULT_TTL_RENEW", &value)?;
         }
+        if let Some(value) = get("DATABASE_LOCKS_POOL_MAX_SIZE") {
+            config.pool_max_size = value
+                .trim()
+                .parse()
+                .ok()
+                .filter(|&n: &u32| n >= 1)
+                .ok_or_else(|| {
+                    Error::config(
+                        "DATABASE_LOCKS_POOL_MAX_SIZE",
+                        format!("{value:?} is not a number of connections (1 or more)"),
+                    )
+                })?;
+        }
         if let Some(value) = get("DATABASE_LOCKS_STATEMENT_TIMEOUT") {
             config.statement_timeout = parse_seconds("DATABASE_LOCKS_STATEMENT_TIMEOUT", &value)?;
         }
@@ -218,7 +232,13 @@ impl Config {
         self
     }
 
-    /// The most connections the handle's pool opens (default 10).
+    /// The most statements the handle's pool runs at once (default 10;
+    /// `DATABASE_LOCKS_POOL_MAX_SIZE`). The pool may open as many connections again, for
+    /// connections abandoned at a statement deadline that wait for their sockets to fail
+    /// (and, under heavy load, for connections replaced because one of their generation
+    /// went silent), so a handle can hold up to twice `size` connections, plus one for
+    /// renewals and, on PostgreSQL while it has waiters, one that listens. Count that
+    /// against the server's connection limit when many processes share it.
     pub fn pool_max_size(mut self, size: u32) -> Self {
         self.pool_max_size = size;
         self
@@ -612,6 +632,20 @@ mod tests {
             "{err}"
         );
         assert!(!err.to_string().contains("secret"), "{err}");
+    }
+
+    #[test]
+    fn env_pool_size_is_a_positive_number() {
+        assert_eq!(from(&[]).unwrap().pool_max_size, 10);
+        let config = from(&[("DATABASE_LOCKS_POOL_MAX_SIZE", " 3 ")]).unwrap();
+        assert_eq!(config.pool_max_size, 3);
+        for bad in ["0", "-1", "many", ""] {
+            let err = from(&[("DATABASE_LOCKS_POOL_MAX_SIZE", bad)]).unwrap_err();
+            assert!(
+                matches!(&err, Error::Config { variable, .. } if variable == "DATABASE_LOCKS_POOL_MAX_SIZE"),
+                "{bad:?}: {err}"
+            );
+        }
     }
 
     #[test]
