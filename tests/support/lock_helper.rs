@@ -165,7 +165,9 @@ fn record_loss(
             .append(true)
             .open(&path)
             .expect("losses");
-        writeln!(log, "{} {at}", lost.token).expect("append loss");
+        // One write for the whole line (see `append_interval`).
+        log.write_all(format!("{} {at}\n", lost.token).as_bytes())
+            .expect("append loss");
     }
 }
 
@@ -177,7 +179,11 @@ fn append_interval(path: &Path, entered: u128, token: u64) {
         .append(true)
         .open(path)
         .expect("intervals");
-    writeln!(log, "{entered} {left} {} {token}", std::process::id()).expect("append interval");
+    // One write of the whole line: with O_APPEND it lands whole whatever other processes
+    // append meanwhile, where `writeln!` writes piece by piece and lines of two processes
+    // could interleave (the semaphore test's checker read such a line).
+    let line = format!("{entered} {left} {} {token}\n", std::process::id());
+    log.write_all(line.as_bytes()).expect("append interval");
 }
 
 /// The shared counter of `cs`: 0 before the first write. Any other failure to read it is
