@@ -434,7 +434,10 @@ fn without_the_setting_the_pooler_is_detected_and_the_handle_switches() {
     assert_eq!(row.state(), "released", "{row:?}");
     assert_eq!(row.token, 200, "every cycle took the lock once");
     let warnings = logs.count(SWITCHED) - before;
-    assert_eq!(warnings, 1, "the collision is detected, and warned about once");
+    assert_eq!(
+        warnings, 1,
+        "the collision is detected, and warned about once"
+    );
     println!("pooler detection: 200 of 200 cycles, {warnings} warning(s)");
 }
 
