@@ -636,11 +636,12 @@ impl Shared {
                 }
             }
         };
-        match (guard.release(), &cause) {
-            (Ok(()), _) | (Err(_), DemotionCause::Lost(_)) => {}
-            (Err(err), _) => {
-                tracing::warn!(election = %self.name, "releasing the lock at the end of the term failed: {err}")
-            }
+        if let DemotionCause::Lost(_) = cause {
+            // One short attempt (the row may be ours still, expired or about to be): a
+            // database that does not answer must not keep this candidate out long.
+            drop(guard);
+        } else if let Err(err) = guard.release() {
+            tracing::warn!(election = %self.name, "releasing the lock at the end of the term failed: {err}");
         }
         cause
     }
