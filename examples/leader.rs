@@ -53,7 +53,7 @@ fn main() -> Result<(), database_locks::Error> {
         replica(&config, &owner(2), tx)?,
     ];
     let mut demoted_at = None;
-    for _ in 0..6 {
+    for round in 0..8 {
         let (_, token, at) = events
             .iter()
             .find(|e| e.0 == "elected")
@@ -73,7 +73,9 @@ fn main() -> Result<(), database_locks::Error> {
             leader.term().map(|t| t.locked_by).unwrap_or_default(),
             delay.unwrap_or_default()
         );
-        std::thread::sleep(Duration::from_millis(500)); // the work only the leader does
+        // The work only the leader does; its length varies, so that the hand-offs below
+        // land at different points of the other replica's polling period.
+        std::thread::sleep(Duration::from_millis(400 + 70 * round));
         leader.step_down();
         demoted_at = events.iter().find(|e| e.0 == "demoted").map(|e| e.2);
     }
