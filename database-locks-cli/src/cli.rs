@@ -47,7 +47,7 @@ pub enum Command {
     )]
     Run(RunArgs),
 
-    /// Campaign to lead NAME; run COMMAND while this host leads, and campaign again after
+    /// Campaign to lead NAME, run COMMAND while this host leads, campaign again after a loss
     ///
     /// Waits until this host leads NAME (one leader at a time across hosts), then runs
     /// COMMAND with DATABASE_LOCKS_NAME, DATABASE_LOCKS_OWNER and DATABASE_LOCKS_TOKEN (the
@@ -55,8 +55,8 @@ pub enum Command {
     /// (the lease could not be renewed, or the lock was force-released or taken), COMMAND
     /// gets SIGTERM, then SIGKILL after --kill-after or sooner, so that it is dead before the
     /// lease ends, as with `run`; then the tool campaigns again and runs COMMAND anew when
-    /// elected. When COMMAND exits by itself, the tool steps down (the next candidate takes
-    /// over at once) and exits with COMMAND's status. SIGINT, SIGTERM, SIGHUP and SIGQUIT
+    /// elected. When COMMAND exits by itself, the tool releases the lock (the next candidate
+    /// takes over at once) and exits with COMMAND's status. SIGINT, SIGTERM, SIGHUP and SIGQUIT
     /// while campaigning stop the campaign (exit 128+N); while leading they are passed on
     /// to COMMAND, as are SIGUSR1 and SIGUSR2.
     #[command(

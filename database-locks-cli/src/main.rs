@@ -5,6 +5,7 @@
 //!
 //! ```text
 //! database-locks run nightly-report --try -- ./report.sh   # cron on five hosts: runs once
+//! database-locks leader scheduler -- ./scheduler          # five hosts: one runs it at a time
 //! database-locks list                                      # who holds what
 //! database-locks status nightly-report                     # exit 0 held, 1 free, 2 error
 //! database-locks release nightly-report --force            # clear a stuck lock
