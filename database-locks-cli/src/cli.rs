@@ -48,6 +48,24 @@ pub enum Command {
     )]
     Run(RunArgs),
 
+    /// Campaign to lead NAME, run COMMAND while this host leads, campaign again after a loss
+    ///
+    /// Waits until this host leads NAME (one leader at a time across hosts), then runs
+    /// COMMAND with DATABASE_LOCKS_NAME, DATABASE_LOCKS_OWNER and DATABASE_LOCKS_TOKEN (the
+    /// term: it grows with every change of leader) in its environment. If leadership is lost
+    /// (the lease could not be renewed, or the lock was force-released or taken), COMMAND
+    /// gets SIGTERM, then SIGKILL after --kill-after or sooner, so that it is dead before the
+    /// lease ends, as with `run`; then the tool campaigns again and runs COMMAND anew when
+    /// elected. When COMMAND exits by itself, the tool releases the lock (the next candidate
+    /// takes over at once) and exits with COMMAND's status. SIGINT, SIGTERM, SIGHUP and SIGQUIT
+    /// while campaigning stop the campaign (exit 128+N); while leading they are passed on
+    /// to COMMAND, as are SIGUSR1 and SIGUSR2.
+    #[command(
+        after_help = crate::exit::HELP,
+        override_usage = "database-locks leader [OPTIONS] NAME [--] COMMAND [ARGS]..."
+    )]
+    Leader(LeaderArgs),
+
     /// Every lock: name, state (held, expired, released), owner, time left, token;
     /// semaphores as one entry with their holders
     List(ListArgs),
@@ -120,6 +138,42 @@ pub struct RunArgs {
 
     /// After a lost lock, seconds between SIGTERM and SIGKILL to COMMAND; shortened so
     /// that COMMAND is dead before the lease ends
+    #[arg(long, value_name = "S", default_value = "5", value_parser = seconds)]
+    pub kill_after: Duration,
+
+    /// The command to run and its arguments (after `--` if they start with `-`)
+    #[arg(required = true, trailing_var_arg = true, value_name = "COMMAND")]
+    pub command: Vec<OsString>,
+}
+
+#[derive(Debug, Args)]
+pub struct LeaderArgs {
+    /// The election's name (the lock's name, 1 to 255 characters)
+    pub name: String,
+
+    /// The leader's lease in seconds, renewed while it leads: a leader that dies is
+    /// replaced about this long after its last renewal
+    /// [default: $DATABASE_LOCKS_DEFAULT_TTL, else 10]
+    #[arg(long, value_name = "S", value_parser = positive_seconds)]
+    pub ttl: Option<Duration>,
+
+    /// Renew the lease this many seconds before it ends; shorter than the lease
+    /// [default: $DATABASE_LOCKS_DEFAULT_TTL_RENEW, else 2, but at most half the lease]
+    #[arg(long, value_name = "S", value_parser = margin)]
+    pub ttl_renew: Option<Duration>,
+
+    /// Owner id this host campaigns as; each candidate needs its own
+    /// [default: unique per run]
+    #[arg(long, short, value_name = "ID", value_parser = non_empty)]
+    pub owner: Option<String>,
+
+    /// While another host leads, look this often whether the lock is free (PostgreSQL
+    /// also wakes at once on the leader's release)
+    #[arg(long, value_name = "S", default_value = "0.5", value_parser = positive_seconds)]
+    pub retry: Duration,
+
+    /// After a lost leadership, seconds between SIGTERM and SIGKILL to COMMAND; shortened
+    /// so that COMMAND is dead before the lease ends
     #[arg(long, value_name = "S", default_value = "5", value_parser = seconds)]
     pub kill_after: Duration,
 
@@ -249,14 +303,38 @@ pub fn check_lock_args(args: &LockArgs, default_ttl: Option<Duration>) -> Result
     }
 }
 
+/// Checks what clap cannot for `leader`: a lease that expires (the default may be
+/// `DATABASE_LOCKS_DEFAULT_TTL=none`), and `--ttl-renew` shorter than it.
+pub fn check_leader_args(args: &LeaderArgs, default_ttl: Option<Duration>) -> Result<(), String> {
+    let (ttl, from) = match args.ttl {
+        Some(ttl) => (Some(ttl), "--ttl"),
+        None => (default_ttl, "DATABASE_LOCKS_DEFAULT_TTL"),
+    };
+    let shown = |d: Duration| crate::format::seconds(d.as_secs_f64());
+    match (ttl, args.ttl_renew) {
+        (None, _) => Err(format!(
+            "a leader needs a lease that expires, and the lease never does ({from} none): \
+             pass --ttl"
+        )),
+        (Some(ttl), Some(margin)) if margin >= ttl => Err(format!(
+            "--ttl-renew {} must be shorter than the lease ({from} {}): the lease is \
+             renewed every TTL - TTL_RENEW",
+            shown(margin),
+            shown(ttl)
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// In `run -- echo hi` clap takes `echo` as the lock's NAME (`--` only ends options).
 /// Returns the would-be NAME when `run`'s first positional argument comes after `--`.
 /// Walks the raw arguments as clap does: an option that takes a value takes the next
 /// argument unless written `--opt=value` or `-oVALUE`.
-pub fn run_name_after_separator(raw: &[OsString]) -> Option<String> {
+/// The same holds for `leader`: `subcommand` is the one to look at.
+pub fn name_after_separator(raw: &[OsString], subcommand: &str) -> Option<String> {
     let mut cli = Cli::command();
     cli.build();
-    let run = cli.find_subcommand("run")?;
+    let run = cli.find_subcommand(subcommand)?;
     let mut current = &cli;
     let mut in_run = false;
     let mut args = raw.iter().skip(1);
@@ -288,7 +366,7 @@ pub fn run_name_after_separator(raw: &[OsString]) -> Option<String> {
                     break;
                 }
             }
-        } else if !in_run && arg == "run" {
+        } else if !in_run && arg == subcommand {
             current = run;
             in_run = true;
         } else {
@@ -357,7 +435,7 @@ mod tests {
             &["database-locks", "run", "--url", "x.db", "--", "echo"][..],
         ] {
             assert_eq!(
-                run_name_after_separator(&raw(line)).as_deref(),
+                name_after_separator(&raw(line), "run").as_deref(),
                 Some("echo"),
                 "{line:?}"
             );
@@ -369,7 +447,7 @@ mod tests {
             &["database-locks", "hold", "--", "job"][..],
             &["database-locks", "run", "job", "echo", "--", "x"][..],
         ] {
-            assert_eq!(run_name_after_separator(&raw(line)), None, "{line:?}");
+            assert_eq!(name_after_separator(&raw(line), "run"), None, "{line:?}");
         }
     }
 

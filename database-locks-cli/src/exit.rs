@@ -31,14 +31,14 @@ pub fn signaled(signal: i32) -> u8 {
 /// The table `--help` shows.
 pub const HELP: &str = "\
 Exit status:
-  0        success; for `run`, the command's own status (128+N if signal N killed it)
+  0        success; for `run`, `leader`, the command's own status (128+N if signal N killed it)
   1        `status`: the lock is free; `release`: nothing was released
   2        usage error; for commands but `run`, also configuration, database
   75       `run`, `hold`: the lock was lost; the command was stopped (SIGTERM, then SIGKILL)
   124      `run`, `hold`: the lock is held by another owner (--try) or --timeout ran out
-  125      `run`: the tool failed (configuration, database)
+  125      `run`, `leader`: the tool failed (configuration, database)
   126, 127 `run`: the command cannot be executed / was not found
-  128+N    `run`, `hold`: interrupted by signal N while waiting for the lock";
+  128+N    `run`, `hold`, `leader`: interrupted by signal N while waiting for the lock";
 
 #[cfg(test)]
 mod tests {

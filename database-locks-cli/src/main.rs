@@ -5,6 +5,7 @@
 //!
 //! ```text
 //! database-locks run nightly-report --try -- ./report.sh   # cron on five hosts: runs once
+//! database-locks leader scheduler -- ./scheduler          # five hosts: one runs it at a time
 //! database-locks list                                      # who holds what
 //! database-locks status nightly-report                     # exit 0 held, 1 free, 2 error
 //! database-locks release nightly-report --force            # clear a stuck lock
@@ -19,6 +20,7 @@ mod child;
 mod cli;
 mod exit;
 mod format;
+mod leader;
 mod session;
 mod signals;
 
@@ -33,16 +35,18 @@ use crate::cli::{Cli, Command, HoldArgs, RunArgs};
 
 fn main() -> ExitCode {
     let raw: Vec<_> = std::env::args_os().collect();
-    if let Some(name) = cli::run_name_after_separator(&raw) {
-        usage_error(
-            "run",
-            ErrorKind::MissingRequiredArgument,
-            format!(
-                "`run` needs the lock's NAME before `--`: database-locks run NAME [OPTIONS] \
-                 -- COMMAND [ARGS]... (here `--` came first, so {name:?} would have been \
-                 taken as the lock's name)"
-            ),
-        );
+    for subcommand in ["run", "leader"] {
+        if let Some(name) = cli::name_after_separator(&raw, subcommand) {
+            usage_error(
+                subcommand,
+                ErrorKind::MissingRequiredArgument,
+                format!(
+                    "`{subcommand}` needs the lock's NAME before `--`: database-locks \
+                     {subcommand} NAME [OPTIONS] -- COMMAND [ARGS]... (here `--` came first, \
+                     so {name:?} would have been taken as the lock's name)"
+                ),
+            );
+        }
     }
     let cli = Cli::parse_from(raw);
     // Read the environment before any thread starts (see `load_config`).
@@ -57,9 +61,18 @@ fn main() -> ExitCode {
             usage_error(subcommand, ErrorKind::ArgumentConflict, message);
         }
     }
+    if let (Ok(config), Command::Leader(args)) = (&config, &cli.command) {
+        if let Err(message) = cli::check_leader_args(args, config.get_default_ttl()) {
+            usage_error("leader", ErrorKind::ArgumentConflict, message);
+        }
+    }
     let (outcome, error_status) = match cli.command {
         Command::Run(args) => (config.and_then(|c| session::run(c, args)), exit::RUN_ERROR),
         Command::Hold(args) => (config.and_then(|c| session::hold(c, args)), exit::ERROR),
+        Command::Leader(args) => (
+            config.and_then(|c| leader::leader(c, args)),
+            exit::RUN_ERROR,
+        ),
         Command::List(args) => (config.and_then(|c| admin::list(c, args)), exit::ERROR),
         Command::Status(args) => (config.and_then(|c| admin::status(c, args)), exit::ERROR),
         Command::Release(args) => (config.and_then(|c| admin::release(c, args)), exit::ERROR),

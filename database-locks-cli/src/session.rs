@@ -24,6 +24,8 @@ pub enum Event {
     Signal(Signal),
     Lost(Loss),
     ChildExited,
+    /// A change of leadership (`leader`).
+    Leader(crate::leader::Change),
 }
 
 /// A lost lock, as the library reported it or as the tool's own check found it.
@@ -73,18 +75,20 @@ enum Took {
     Interrupted(Signal),
 }
 
-struct Session {
-    locks: Locks,
-    events: Receiver<Event>,
-    sender: Sender<Event>,
+pub struct Session {
+    pub locks: Locks,
+    pub events: Receiver<Event>,
+    pub sender: Sender<Event>,
     /// The loss reported by the library or the check, if any.
-    lost: Option<Loss>,
-    lost_announced: bool,
+    pub lost: Option<Loss>,
+    pub lost_announced: bool,
+    /// Changes of leadership that arrived while the command was being stopped.
+    pub pending: std::collections::VecDeque<crate::leader::Change>,
 }
 
 impl Session {
     /// Catches signals first, so that none can end the tool while it holds the lock.
-    fn start(config: Config) -> Result<Session, Failure> {
+    pub fn start(config: Config) -> Result<Session, Failure> {
         let (sender, events) = mpsc::channel();
         signals::watch(sender.clone())
             .map_err(|err| Failure::from(format!("cannot catch signals: {err}")))?;
@@ -94,6 +98,7 @@ impl Session {
             sender,
             lost: None,
             lost_announced: false,
+            pending: Default::default(),
         })
     }
 
@@ -199,7 +204,7 @@ impl Session {
                     return Ok(Took::Interrupted(signal));
                 }
                 // SIGUSR1, SIGUSR2: nobody to pass them to yet.
-                Ok(Event::Signal(_)) | Ok(Event::ChildExited) => {}
+                Ok(Event::Signal(_)) | Ok(Event::ChildExited) | Ok(Event::Leader(_)) => {}
                 Ok(Event::Lost(lost)) => self.lost = Some(lost),
                 Err(RecvTimeoutError::Timeout) => progress.show(&self.locks, started),
                 Err(RecvTimeoutError::Disconnected) => {
@@ -223,7 +228,7 @@ impl Session {
         }
     }
 
-    fn announce_loss(&mut self, consequence: &str) {
+    pub fn announce_loss(&mut self, consequence: &str) {
         if let (Some(lost), false) = (&self.lost, self.lost_announced) {
             warn(&format!("{}; {consequence}", lost.message));
             self.lost_announced = true;
@@ -243,7 +248,7 @@ impl Session {
                     self.lost = Some(lost);
                     return self.stop(child, kill_after);
                 }
-                Ok(Event::Acquired(_)) => {}
+                Ok(Event::Acquired(_)) | Ok(Event::Leader(_)) => {}
             }
         }
     }
@@ -251,7 +256,7 @@ impl Session {
     /// SIGTERM, then SIGKILL after `kill_after` or sooner, so that the command is dead
     /// before the lease ends, then SIGKILL to anything the command left behind in its
     /// process group: nothing may go on working without the lock.
-    fn stop(&mut self, child: &Child, kill_after: Duration) {
+    pub fn stop(&mut self, child: &Child, kill_after: Duration) {
         let now = Instant::now();
         let ends_by = self.lost.as_ref().and_then(|lost| lost.ends_by);
         let mut deadline = kill_deadline(now, kill_after, ends_by);
@@ -282,6 +287,14 @@ impl Session {
                 Ok(Event::Lost(lost)) => {
                     deadline =
                         deadline.min(kill_deadline(Instant::now(), kill_after, lost.ends_by));
+                }
+                // `leader`: the library's demotion after the check's loss; kept for later.
+                Ok(Event::Leader(change)) => {
+                    if let Some(ends_by) = change.ends_by() {
+                        deadline =
+                            deadline.min(kill_deadline(Instant::now(), kill_after, Some(ends_by)));
+                    }
+                    self.pending.push_back(change);
                 }
                 Ok(_) => {}
                 Err(RecvTimeoutError::Timeout) => {
@@ -352,14 +365,25 @@ pub const CHECK_PERIOD: Duration = Duration::from_secs(1);
 /// Errors are left to the library: its renewal retries and its watchdog reports a lease
 /// that could not be renewed in time.
 fn start_check(locks: &Locks, guard: &LockGuard, events: Sender<Event>) -> Option<Sender<()>> {
-    let (Some(owner), Some(token)) = (guard.locked_by().map(str::to_owned), guard.token()) else {
+    let (Some(owner), Some(token)) = (guard.locked_by(), guard.token()) else {
         return None;
     };
     // A permit's lease is its slot's row.
-    let name = guard
+    let row = guard
         .permit()
         .map_or_else(|| guard.name().to_owned(), |p| p.row);
-    let locks = locks.clone();
+    start_row_check(locks, &row, owner, token, events)
+}
+
+/// [`start_check`] for the row of `name` held as `owner` with `token`.
+pub fn start_row_check(
+    locks: &Locks,
+    name: &str,
+    owner: &str,
+    token: u64,
+    events: Sender<Event>,
+) -> Option<Sender<()>> {
+    let (locks, name, owner) = (locks.clone(), name.to_owned(), owner.to_owned());
     let token = i64::try_from(token).unwrap_or(i64::MAX);
     let (stop, stopped) = mpsc::channel::<()>();
     let spawned = thread::Builder::new().name("check".into()).spawn(move || {
@@ -412,7 +436,7 @@ fn start_check(locks: &Locks, guard: &LockGuard, events: Sender<Event>) -> Optio
 }
 
 /// Passes a signal to the command, unless the terminal already sent it there.
-fn pass_on(child: &Child, signal: Signal) {
+pub fn pass_on(child: &Child, signal: Signal) {
     if !(signal.from_terminal && child.shares_terminal()) {
         child.signal(signal.number);
     }
@@ -569,7 +593,7 @@ impl<'a> Progress<'a> {
     }
 }
 
-fn warn(message: &str) {
+pub fn warn(message: &str) {
     eprintln!("database-locks: {}", one_line(message));
 }
 

@@ -394,7 +394,7 @@ fn validate_semaphore(name: &str, permits: u32) -> Result<Semaphore> {
     Ok(Semaphore::new(name, permits))
 }
 
-fn validate_owner(owner: &str) -> Result<()> {
+pub(crate) fn validate_owner(owner: &str) -> Result<()> {
     if owner.is_empty() {
         return Err(Error::invalid("locked_by", "the owner id is empty"));
     }
@@ -413,7 +413,11 @@ fn validate_owner(owner: &str) -> Result<()> {
     Ok(())
 }
 
-fn validate_ttl(ttl: Option<Duration>, auto_renew: bool, ttl_renew: Duration) -> Result<()> {
+pub(crate) fn validate_ttl(
+    ttl: Option<Duration>,
+    auto_renew: bool,
+    ttl_renew: Duration,
+) -> Result<()> {
     let Some(ttl) = ttl else { return Ok(()) };
     if ttl.is_zero() {
         return Err(Error::invalid(

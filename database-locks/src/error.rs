@@ -73,6 +73,15 @@ pub enum Error {
         holder: Option<String>,
     },
 
+    /// A leader's fenced transaction ([`Leader::transaction`](crate::Leader::transaction))
+    /// was asked for while this process does not lead: not elected yet, demoted, or the
+    /// campaign stopped. Nothing was sent.
+    #[error("this process does not lead election {name:?} (not elected yet, demoted, or stopped); nothing ran")]
+    NotLeader {
+        /// The election's name.
+        name: String,
+    },
+
     /// A fenced transaction ran on a connection that cannot see the lock's row: a
     /// connection to another database (or schema) than the one the lock lives in. Nothing
     /// ran. A fence only works in the database that holds the lock table; for other

@@ -50,6 +50,7 @@ mod config;
 mod error;
 mod fence;
 mod guard;
+mod leader;
 mod lease;
 mod local;
 mod locks;
@@ -68,8 +69,9 @@ pub use config::{BackendKind, Config, DEFAULT_SQLITE_FILE, DEFAULT_STATEMENT_TIM
 pub use database_locks_macros::locked;
 pub use error::{Error, Result};
 pub use guard::{LockGuard, Permit};
+pub use leader::{Demotion, DemotionCause, Leader, LeaderBuilder, Term};
 pub use lease::{LossCause, LostLock, LOST_LOCK_EXIT_CODE};
-pub use locks::{configure, global, lock, semaphore, set_global, Locks};
+pub use locks::{configure, global, leader, lock, semaphore, set_global, Locks};
 
 // What `#[locked]` expands to; exempt from semver.
 #[doc(hidden)]

@@ -14,6 +14,7 @@ use crate::backend::{Failure, LockConnection, LockInfo, Migration};
 use crate::builder::LockBuilder;
 use crate::config::{BackendKind, Config};
 use crate::error::{Error, Result};
+use crate::leader::LeaderBuilder;
 use crate::local::Local;
 use crate::releaser::Releaser;
 use crate::renewer::Renewer;
@@ -167,6 +168,12 @@ impl Locks {
     /// ```
     pub fn semaphore(&self, name: impl Into<String>, permits: u32) -> LockBuilder {
         LockBuilder::new(Ok(self.clone()), name.into()).permits(permits)
+    }
+
+    /// A leader election on the lock `name` of this handle: configure it, then
+    /// [`start`](LeaderBuilder::start) campaigning.
+    pub fn leader(&self, name: impl Into<String>) -> LeaderBuilder {
+        LeaderBuilder::new(Ok(self.clone()), name.into())
     }
 
     /// Which backend this handle talks to.
@@ -467,6 +474,19 @@ pub fn lock(name: impl Into<String>) -> LockBuilder {
 /// ```
 pub fn semaphore(name: impl Into<String>, permits: u32) -> LockBuilder {
     LockBuilder::new(global(), name.into()).permits(permits)
+}
+
+/// A leader election on the lock `name` of the global handle (see [`Locks::leader`]).
+///
+/// ```no_run
+/// let leader = database_locks::leader("scheduler").start()?;
+/// if leader.is_leader() {
+///     println!("leading, term {:?}", leader.token());
+/// }
+/// # Ok::<(), database_locks::Error>(())
+/// ```
+pub fn leader(name: impl Into<String>) -> LeaderBuilder {
+    LeaderBuilder::new(global(), name.into())
 }
 
 static SEQUENCE: AtomicU64 = AtomicU64::new(0);
