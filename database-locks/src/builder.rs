@@ -279,12 +279,7 @@ impl LockBuilder {
             Some(permits) => Some(validate_semaphore(&self.name, permits)?),
             None => None,
         };
-        if self.name.contains(SEPARATOR) {
-            return Err(Error::invalid(
-                "lock name",
-                format!("the name contains {SEPARATOR:?} (U+241F), which names a semaphore's rows"),
-            ));
-        }
+        validate_lock_name(&self.name)?;
         if let Some(owner) = &self.locked_by {
             validate_owner(owner)?;
         }
@@ -369,6 +364,19 @@ pub(crate) fn validate_name(name: &str) -> Result<()> {
         return Err(Error::invalid(
             "lock name",
             "the name contains a NUL character",
+        ));
+    }
+    Ok(())
+}
+
+/// A name that a lock, a semaphore or an election can take: a row name
+/// ([`validate_name`]) without [`SEPARATOR`], which names a semaphore's rows.
+pub(crate) fn validate_lock_name(name: &str) -> Result<()> {
+    validate_name(name)?;
+    if name.contains(SEPARATOR) {
+        return Err(Error::invalid(
+            "lock name",
+            format!("the name contains {SEPARATOR:?} (U+241F), which names a semaphore's rows"),
         ));
     }
     Ok(())

@@ -19,7 +19,7 @@ use diesel::result::Error as DieselError;
 use parking_lot::{Condvar, Mutex};
 
 use crate::backend::LockConnection;
-use crate::builder::{default_margin, validate_name, validate_owner, validate_ttl};
+use crate::builder::{default_margin, validate_lock_name, validate_owner, validate_ttl};
 use crate::error::{Error, Result};
 use crate::lease::LostLock;
 use crate::locks::{default_owner, Locks};
@@ -195,7 +195,7 @@ impl LeaderBuilder {
     /// campaign). The campaign runs until [`Leader::stop`] or the [`Leader`] is dropped.
     pub fn start(self) -> Result<Leader> {
         let locks = self.handle?;
-        validate_name(&self.name)?;
+        validate_lock_name(&self.name)?;
         if let Some(owner) = &self.locked_by {
             validate_owner(owner)?;
         }
@@ -492,6 +492,8 @@ mod tests {
         let cases: Vec<(&str, LeaderBuilder)> = vec![
             ("lock name", locks.leader("")),
             ("lock name", locks.leader("x".repeat(256))),
+            // A semaphore's rows are named with U+241F: no election can take one.
+            ("lock name", locks.leader("reports\u{241F}1")),
             ("locked_by", locks.leader("a").locked_by("")),
             ("lock_ttl", locks.leader("a").lock_ttl(Duration::ZERO)),
             ("lock_ttl", locks.leader("a").lock_ttl(MAX_TTL + SEC)),
