@@ -139,9 +139,9 @@ fn twelve_processes_share_three_permits(db: &Db) {
 /// a larger token, while the other holder's slot stays its own.
 fn a_crashed_holder_frees_its_slot_after_its_lease_only(db: &Db) {
     let name = unique_name("sem-crash");
-    let spawn = || {
+    let spawn = |ttl: &str| {
         let mut child = db
-            .helper(&["sem-hold", &db.url, &name, "2", "3"])
+            .helper(&["sem-hold", &db.url, &name, "2", ttl])
             .stdin(Stdio::piped())
             .spawn()
             .unwrap();
@@ -155,8 +155,11 @@ fn a_crashed_holder_frees_its_slot_after_its_lease_only(db: &Db) {
         let token: i64 = parts.next().unwrap().parse().unwrap();
         (child, row, token)
     };
-    let (mut crashed, crashed_row, crashed_token) = spawn();
-    let (mut other, other_row, _) = spawn();
+    // The crashed holder's lease is short, to be waited out; the other's is long, so that a
+    // loaded machine stalling it for a few seconds cannot end it (its slot must stay its
+    // own, and its release must succeed).
+    let (mut crashed, crashed_row, crashed_token) = spawn("3");
+    let (mut other, other_row, _) = spawn("60");
     assert_ne!(crashed_row, other_row, "two holders on one slot");
     crashed.kill().unwrap();
     crashed.wait().unwrap();
