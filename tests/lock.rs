@@ -144,10 +144,13 @@ fn stolen_lock_is_reported_lost_before_the_lease_ends(db: &Db) {
     let counted = Arc::clone(&calls);
     let observer = db.locks();
     let observed_name = name.clone();
+    // The renewal that finds the theft comes 2 s in, with 7.5 s to get through before the
+    // watchdog would give the lease up as Expired (which a stall on a loaded machine
+    // caused in the async twin of this test, with a shorter lease).
     let guard = locks
         .lock(&name)
-        .lock_ttl(Some(Duration::from_secs(3)))
-        .lock_ttl_renew(Duration::from_millis(1500))
+        .lock_ttl(Some(Duration::from_secs(10)))
+        .lock_ttl_renew(Duration::from_secs(8))
         .lost_lock_cb(move |lost| {
             counted.fetch_add(1, Ordering::SeqCst);
             // By the database's clock, how much of the original lease was left.
