@@ -27,6 +27,17 @@ fn futures_are_send_and_static(locks: &Locks, guard: LockGuard) {
     send(guard.release_async());
 }
 
+/// Releases; a release that missed its statement deadline is finished by the library in
+/// the background (the next acquirer waits for it), which is right, not a failure: a
+/// loaded run stalled one of the 1,000 tasks' PostgreSQL releases past the 10 s deadline
+/// (PostgreSQL commits a NOTIFY under a database-wide lock, on the WAL flush).
+async fn release_or_finish_late(guard: LockGuard) {
+    match guard.release_async().await {
+        Ok(()) | Err(database_locks::Error::Unresponsive { .. }) => {}
+        Err(e) => panic!("release: {e}"),
+    }
+}
+
 fn current_thread() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
         .enable_time()
@@ -123,7 +134,7 @@ fn a_thousand_tasks_on_one_thread(db: &Db) {
                     tokio::task::yield_now().await;
                     counter.store(value + 1, Ordering::SeqCst);
                     inside.store(false, Ordering::SeqCst);
-                    guard.release_async().await.unwrap();
+                    release_or_finish_late(guard).await;
                 })
             })
             .collect();
