@@ -85,15 +85,59 @@ static STATEMENTS: AtomicU64 = AtomicU64::new(0);
 static RENEWALS: AtomicU64 = AtomicU64::new(0);
 static WATCH_RENEWALS: AtomicBool = AtomicBool::new(false);
 
+/// The SQLite listener's statements, counted while `WATCH_LISTENER` is set: its looks
+/// (`PRAGMA data_version`, a read of shared memory), its reads of which waited-for rows are
+/// free after a commit elsewhere, and acquire attempts (`UPDATE ... SET locked_by`).
+static LOOKS: AtomicU64 = AtomicU64::new(0);
+static FREE_READS: AtomicU64 = AtomicU64::new(0);
+static ATTEMPTS: AtomicU64 = AtomicU64::new(0);
+static WATCH_LISTENER: AtomicBool = AtomicBool::new(false);
+
 fn count_statements() -> Option<Box<dyn Instrumentation>> {
     Some(Box::new(|event: InstrumentationEvent<'_>| {
         if let InstrumentationEvent::StartQuery { query, .. } = event {
             STATEMENTS.fetch_add(1, Ordering::Relaxed);
-            if WATCH_RENEWALS.load(Ordering::Relaxed) && is_renewal(&sql_prefix(query)) {
+            let renewals = WATCH_RENEWALS.load(Ordering::Relaxed);
+            let listener = WATCH_LISTENER.load(Ordering::Relaxed);
+            if !(renewals || listener) {
+                return;
+            }
+            let sql = sql_prefix(query);
+            if renewals && is_renewal(&sql) {
                 RENEWALS.fetch_add(1, Ordering::Relaxed);
+            }
+            if listener {
+                let sql = sql.trim_start();
+                if sql.starts_with("PRAGMA data_version") {
+                    LOOKS.fetch_add(1, Ordering::Relaxed);
+                } else if sql.starts_with("SELECT l.name AS name FROM json_each(") {
+                    FREE_READS.fetch_add(1, Ordering::Relaxed);
+                } else if sql.starts_with("UPDATE database_locks_lock\n   SET locked_by") {
+                    ATTEMPTS.fetch_add(1, Ordering::Relaxed);
+                }
             }
         }
     }))
+}
+
+/// The listener counters now: (looks, free-row reads, acquire attempts).
+fn listener_counts() -> (u64, u64, u64) {
+    (
+        LOOKS.load(Ordering::Relaxed),
+        FREE_READS.load(Ordering::Relaxed),
+        ATTEMPTS.load(Ordering::Relaxed),
+    )
+}
+
+/// CPU time this process's threads have used (`/proc/self/task/*/schedstat`, Linux), if
+/// it can be read.
+fn cpu_time() -> Option<Duration> {
+    let mut ns = 0u64;
+    for task in std::fs::read_dir("/proc/self/task").ok()? {
+        let stat = std::fs::read_to_string(task.ok()?.path().join("schedstat")).ok()?;
+        ns += stat.split_whitespace().next()?.parse::<u64>().ok()?;
+    }
+    Some(Duration::from_nanos(ns))
 }
 
 /// The batched renewal statement of each backend (`DESIGN.md`).
@@ -782,7 +826,9 @@ fn handoff(target: &Target, plan: &Plan, locks: &Locks, table: &mut Table) -> Re
         let name = format!("bench.handoff.{}", label.replace(' ', "-"));
         let mut latencies = Vec::with_capacity(plan.handoffs);
         let mut rng = Lcg(7);
+        WATCH_LISTENER.store(true, Ordering::Relaxed);
         let before = statements();
+        let (looks_before, _, _) = listener_counts();
         for _ in 0..plan.handoffs {
             let guard = locks.lock(&name).acquire().map_err(|e| e.to_string())?;
             let (tx, rx) = std::sync::mpsc::channel();
@@ -810,11 +856,16 @@ fn handoff(target: &Target, plan: &Plan, locks: &Locks, table: &mut Table) -> Re
                 .map_err(|_| "the waiter panicked".to_string())??;
             latencies.push(got.saturating_duration_since(released));
         }
-        let sent = statements() - before;
+        let looks = listener_counts().0 - looks_before;
+        WATCH_LISTENER.store(false, Ordering::Relaxed);
+        let sent = statements() - before - looks;
         latencies.sort();
         let how = match (target.kind, label) {
             (_, "the same handle") => "woken by the release in this process",
             (BackendKind::Postgres, _) => "woken by NOTIFY",
+            (BackendKind::Sqlite, _) => {
+                "woken by the commit (PRAGMA data_version read every 1 ms, not counted)"
+            }
             _ => "polls every 500 ms (default retry); no notification on this backend",
         };
         table.row(
@@ -1034,10 +1085,14 @@ fn asynchronous(target: &Target, plan: &Plan, locks: &Locks, table: &mut Table) 
     while !format!("{waiting_locks:?}").contains("waiting: 10000") {
         thread::sleep(Duration::from_millis(20));
     }
+    WATCH_LISTENER.store(true, Ordering::Relaxed);
     let before = statements();
+    let (looks_before, _, _) = listener_counts();
     let started = Instant::now();
     thread::sleep(plan.waiting);
-    let per_sec = (statements() - before) as f64 / started.elapsed().as_secs_f64();
+    let looks = listener_counts().0 - looks_before;
+    WATCH_LISTENER.store(false, Ordering::Relaxed);
+    let per_sec = (statements() - before - looks) as f64 / started.elapsed().as_secs_f64();
     let (threads_during, rss_during) = (named_threads(""), rss_bytes());
     holder.release().map_err(|e| e.to_string())?;
     let drained = Instant::now();
@@ -1052,7 +1107,8 @@ fn asynchronous(target: &Target, plan: &Plan, locks: &Locks, table: &mut Table) 
             rss_during.saturating_sub(rss_before) as f64 / 10_000.0 / 1024.0
         ),
         format!(
-            "{per_sec:.1} statements/s while they wait; then all took it in turn in {}",
+            "{per_sec:.1} statements/s while they wait (SQLite's looks at data_version not \
+             counted); then all took it in turn in {}",
             ms(drained.elapsed())
         ),
     );
@@ -1180,6 +1236,7 @@ fn rss_bytes() -> u64 {
 fn waiters(target: &Target, plan: &Plan, table: &mut Table) -> Res<()> {
     let variants: Vec<(&str, bool)> = match target.kind {
         BackendKind::Postgres => vec![("LISTEN/NOTIFY on", true), ("notify(false)", false)],
+        BackendKind::Sqlite => vec![("data_version on", true), ("notify(false)", false)],
         _ => vec![("", false)],
     };
     for (label, notify) in variants {
@@ -1209,18 +1266,64 @@ fn waiters(target: &Target, plan: &Plan, table: &mut Table) -> Res<()> {
         start.wait();
         // Everyone has made its first attempt.
         thread::sleep(Duration::from_secs(1));
+        WATCH_LISTENER.store(true, Ordering::Relaxed);
         let before = statements();
+        let (looks_before, _, _) = listener_counts();
         let started = Instant::now();
         thread::sleep(plan.waiting);
-        let per_sec = (statements() - before) as f64 / started.elapsed().as_secs_f64();
+        let secs = started.elapsed().as_secs_f64();
+        let looks = listener_counts().0 - looks_before;
+        let per_sec = (statements() - before - looks) as f64 / secs;
+        // CPU in a window of its own: telling the statements apart formats their SQL.
+        WATCH_LISTENER.store(false, Ordering::Relaxed);
+        let cpu_before = cpu_time();
+        let cpu_started = Instant::now();
+        thread::sleep(plan.waiting);
+        let cpu = cpu_time().zip(cpu_before).map(|(after, before)| {
+            after.saturating_sub(before).as_secs_f64() / cpu_started.elapsed().as_secs_f64()
+        });
+        WATCH_LISTENER.store(true, Ordering::Relaxed);
+        let commits = if target.kind == BackendKind::Sqlite {
+            // Commits elsewhere (another lock's acquire and release, on the holder's
+            // handle): what each costs a process whose waiters wait for a held lock.
+            // Spaced 5 ms apart so that the listener sees each one (commits closer than
+            // its 1 ms look cost one read together).
+            let cycles = 100u64;
+            let (_, reads_before, attempts_before) = listener_counts();
+            for _ in 0..cycles {
+                let other = holder
+                    .lock("bench.waiters.other")
+                    .acquire()
+                    .map_err(|e| e.to_string())?;
+                other.release().map_err(|e| e.to_string())?;
+                thread::sleep(Duration::from_millis(5));
+            }
+            let (_, reads, attempts) = listener_counts();
+            format!(
+                "; {:.0} looks/s (PRAGMA data_version, not counted above, {}); process CPU {} \
+                 of a core; {cycles} acquire+release cycles of another lock, 5 ms apart: \
+                 {:.2} listener reads and {:.2} waiter attempts per cycle",
+                looks as f64 / secs,
+                look_cost(&target.url),
+                cpu.map_or("n/a".into(), |c| format!("{:.1}%", c * 100.0)),
+                (reads - reads_before) as f64 / cycles as f64,
+                // The holder's own acquires are attempts too.
+                (attempts - attempts_before).saturating_sub(cycles) as f64 / cycles as f64,
+            )
+        } else {
+            String::new()
+        };
         let drain_before = statements();
+        let (looks_before, _, _) = listener_counts();
         let drain_started = Instant::now();
         guard.release().map_err(|e| e.to_string())?;
         for t in threads {
             t.join().map_err(|_| "a waiter panicked".to_string())??;
         }
         let drained = drain_started.elapsed();
-        let drain_per = (statements() - drain_before) as f64 / plan.waiters as f64;
+        let looks = listener_counts().0 - looks_before;
+        WATCH_LISTENER.store(false, Ordering::Relaxed);
+        let drain_per = (statements() - drain_before - looks) as f64 / plan.waiters as f64;
         let label = if label.is_empty() {
             String::new()
         } else {
@@ -1230,7 +1333,7 @@ fn waiters(target: &Target, plan: &Plan, table: &mut Table) -> Res<()> {
             format!("{} threads waiting on a held lock{label}: statements/s", plan.waiters),
             format!("{per_sec:.1}"),
             format!(
-                "naive polling: {:.0}/s; then all {} took it in turn in {} with {drain_per:.2} statements each",
+                "naive polling: {:.0}/s; then all {} took it in turn in {} with {drain_per:.2} statements each{commits}",
                 plan.waiters as f64 * 2.0,
                 acquired.load(Ordering::Relaxed),
                 ms(drained)
@@ -1238,6 +1341,43 @@ fn waiters(target: &Target, plan: &Plan, table: &mut Table) -> Res<()> {
         );
     }
     Ok(())
+}
+
+/// What one look of the SQLite listener costs: `PRAGMA data_version` on a connection of
+/// its own, in a tight loop.
+fn look_cost(url: &str) -> String {
+    #[cfg(feature = "sqlite")]
+    {
+        use diesel::{Connection, RunQueryDsl};
+        #[derive(diesel::QueryableByName)]
+        struct Version {
+            #[diesel(sql_type = diesel::sql_types::BigInt)]
+            #[allow(dead_code)]
+            data_version: i64,
+        }
+        let Ok(mut conn) = diesel::SqliteConnection::establish(url) else {
+            return "look cost n/a".into();
+        };
+        let n = 20_000u32;
+        let started = Instant::now();
+        for _ in 0..n {
+            if diesel::sql_query("PRAGMA data_version")
+                .load::<Version>(&mut conn)
+                .is_err()
+            {
+                return "look cost n/a".into();
+            }
+        }
+        format!(
+            "{:.1} µs each in a tight loop",
+            started.elapsed().as_secs_f64() * 1e6 / f64::from(n)
+        )
+    }
+    #[cfg(not(feature = "sqlite"))]
+    {
+        let _ = url;
+        String::new()
+    }
 }
 
 /// (5): one handle holding many auto-renewing locks.

@@ -199,6 +199,9 @@ pub(crate) enum Notifications {
     Delivered,
     /// The check notification never came back (a transaction pooler): waiters poll.
     NotDelivered,
+    /// SQLite: the listener watches the file's commits (`PRAGMA data_version`); nothing
+    /// between can lose one, so there is nothing to check.
+    Watching,
 }
 
 impl Hub {
@@ -221,6 +224,18 @@ impl Hub {
                 give_turn(queue);
             }
         }
+    }
+
+    /// The names waited for that no guard of this handle holds: what a listener that saw
+    /// a commit reads.
+    pub(crate) fn queue_names(&self) -> Vec<String> {
+        let state = self.state.lock();
+        state
+            .queues
+            .keys()
+            .filter(|name| !state.held.contains_key(*name))
+            .cloned()
+            .collect()
     }
 
     pub(crate) fn queued(&self) -> usize {
@@ -249,7 +264,7 @@ impl Hub {
 /// Process-local bookkeeping of one handle.
 pub(crate) struct Local {
     hub: Arc<Hub>,
-    /// Whether waiters may listen for release notifications (PostgreSQL).
+    /// Whether waiters may listen for releases elsewhere (PostgreSQL, SQLite).
     notify: bool,
     listening: OnceLock<Listening>,
 }
@@ -337,12 +352,12 @@ impl Local {
     }
 
     /// Starts listening for releases in other processes, once per handle, if the backend
-    /// can (PostgreSQL) and `notify` is on.
+    /// can (PostgreSQL, SQLite) and `notify` is on.
     /// With `notify` off, says once per handle that waiting polls.
     pub(crate) fn listen(&self, store: &Arc<dyn Store>) {
         self.listening.get_or_init(|| {
             if !self.notify {
-                if store.kind() == BackendKind::Postgres {
+                if matches!(store.kind(), BackendKind::Postgres | BackendKind::Sqlite) {
                     tracing::info!(
                         "release notifications are off (notify(false) or transaction \
                          pooling): waiters poll at their retry period"

@@ -1,26 +1,36 @@
-//! Waking waiters when another process releases (PostgreSQL `LISTEN`/`NOTIFY`).
+//! Waking waiters when another process releases: PostgreSQL's `LISTEN`/`NOTIFY`, SQLite's
+//! `PRAGMA data_version`.
 //!
-//! Each release statement sends `NOTIFY database_locks_lock, '<name>'` at commit. Each
-//! handle that has waiters keeps ONE connection, taken out of its pool, that `LISTEN`s on
-//! that channel, read by one thread (`database-locks-listen`), which hands the next attempt
-//! to the first waiter of each released name ([`Hub::notified`]). The connection goes
-//! back to the pool (after `UNLISTEN`) when nobody has waited for a while. Waiters never depend on it:
-//! the first waiter of each name keeps polling at its retry period, so a release that
-//! sends nothing (a Django process, `force_release`), a lost connection, or a pooler that
+//! Each handle that has waiters keeps ONE connection, taken out of its pool, read by one
+//! thread (`database-locks-listen`) every millisecond, which hands the next attempt to the
+//! first waiter of each released name ([`Hub::notified`]). The connection goes back to the
+//! pool when nobody has waited for a while. Waiters never depend on it: the first waiter
+//! of each name keeps polling at its retry period, so a release the listener does not see
+//! (a Django process, `force_release` on PostgreSQL), a lost connection, or a pooler that
 //! cannot deliver notifications only makes waiting slower.
 //!
-//! Once per handle, a second after it starts listening, the listener checks that
+//! PostgreSQL: each release statement sends `NOTIFY database_locks_lock, '<name>'` at
+//! commit; the connection `LISTEN`s on that channel (and `UNLISTEN`s before it goes
+//! back). Once per handle, a second after it starts listening, the listener checks that
 //! notifications arrive: it sends one through the handle's pool and waits for it. Behind
 //! PgBouncer in transaction mode, `LISTEN` succeeds but nothing is ever delivered; the
-//! check fails, a warning is logged once, and the handle waits by polling alone. `Config::notify(false)` (`DATABASE_LOCKS_NOTIFY=false`)
-//! skips all of this.
+//! check fails, a warning is logged once, and the handle waits by polling alone.
+//!
+//! SQLite: the connection reads `PRAGMA data_version`, which changes when another
+//! connection commits to the file. On a change (and at the first look) it reads which of
+//! the rows waited for are free now, one `SELECT`, and hands those names' queues the next
+//! attempt. A refused attempt writes nothing, so waiters do not wake each other; any
+//! other commit (a renewal, another lock) costs each waiting process that one read. No
+//! check is needed: nothing stands between the file and the reader.
+//!
+//! `Config::notify(false)` (`DATABASE_LOCKS_NOTIFY=false`) skips all of this.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use crate::backend::pool::Store;
-use crate::backend::Listener;
+use crate::backend::{Heard, Listener};
 use crate::local::{Hub, Notifications};
 
 /// How long a check notification may take to come back before notifications are judged
@@ -120,7 +130,10 @@ fn listen_loop(hub: &Hub, store: &Weak<dyn Store>) {
             missed = false;
         }
         tracing::debug!("listening for lock releases");
-        if matches!(probe, Probe::Due) {
+        if listener.watches_commits() {
+            probe = Probe::NotNeeded;
+            hub.set_notifications(Notifications::Watching);
+        } else if matches!(probe, Probe::Due) {
             hub.set_notifications(Notifications::Listening);
         }
         match serve(hub, store, listener.as_mut(), &mut probe) {
@@ -151,6 +164,8 @@ enum Probe {
     Sent { payload: String, until: Instant },
     /// It came back.
     Delivered,
+    /// The listener watches the database's commits itself (SQLite).
+    NotNeeded,
 }
 
 /// How long the listener listens before it checks that notifications arrive. Not at once:
@@ -217,25 +232,48 @@ fn serve(
                 tracing::debug!("no waiters for {LINGER:?}: closing the notification listener");
                 return Served::Idle;
             }
-            let read = listener.wait(Duration::ZERO);
+            // A commit watcher has nothing to drain: it reads again once somebody waits,
+            // and its first look then reports whatever was committed meanwhile.
+            let read = if listener.watches_commits() {
+                Ok(Heard::Released(Vec::new()))
+            } else {
+                listener.wait(Duration::ZERO)
+            };
             hub.wait_for_waiters(Instant::now() + IDLE_READ);
             read
         };
-        match read {
-            Ok(names) => {
-                for name in names {
-                    match probe {
-                        Probe::Sent { payload, .. } if *payload == name => {
-                            *probe = Probe::Delivered;
-                            hub.set_notifications(Notifications::Delivered);
-                        }
-                        _ => hub.notified(&name),
+        let names = match read {
+            Ok(Heard::Released(names)) => names,
+            Ok(Heard::Committed) => {
+                let queues = hub.queue_names();
+                if queues.is_empty() {
+                    continue;
+                }
+                match listener.free_rows(&queues) {
+                    Ok(rows) => rows,
+                    Err(err) => {
+                        // What this read would have found is unknown: every queue tries.
+                        hub.wake_fronts();
+                        tracing::info!(
+                            "the notification listener cannot read the lock table ({err}); \
+                             reconnecting"
+                        );
+                        return Served::Failed;
                     }
                 }
             }
             Err(err) => {
                 tracing::info!("the notification listener connection failed ({err}); reconnecting");
                 return Served::Failed;
+            }
+        };
+        for name in names {
+            match probe {
+                Probe::Sent { payload, .. } if *payload == name => {
+                    *probe = Probe::Delivered;
+                    hub.set_notifications(Notifications::Delivered);
+                }
+                _ => hub.notified(&name),
             }
         }
     }

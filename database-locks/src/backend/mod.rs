@@ -354,6 +354,20 @@ pub trait LockConnection: R2D2Connection + Send + 'static + sealed::Sealed {
         Ok(())
     }
 
+    /// SQLite: `PRAGMA data_version`, which changes when another connection commits to the
+    /// file (a read of shared memory, no file I/O). `None` where there is no such thing.
+    #[doc(hidden)]
+    fn data_version(&mut self) -> QueryResult<Option<i64>> {
+        Ok(None)
+    }
+
+    /// The rows free now (released or expired) among those waiters of `queues` wait for:
+    /// the lock of that name, or the slots of the semaphore of that name. Reads only.
+    #[doc(hidden)]
+    fn free_rows(&mut self, _queues: &[String]) -> QueryResult<Vec<String>> {
+        Ok(Vec::new())
+    }
+
     /// Backend-specific messages that mark an error as transient.
     #[doc(hidden)]
     fn transient_message(message: &str) -> bool;
@@ -363,12 +377,32 @@ pub trait LockConnection: R2D2Connection + Send + 'static + sealed::Sealed {
     fn missing_table_message(message: &str) -> bool;
 }
 
+/// What a listener heard.
+#[doc(hidden)]
+#[derive(Debug, PartialEq, Eq)]
+pub enum Heard {
+    /// Releases of these rows (PostgreSQL's `NOTIFY` payloads); empty when none came.
+    Released(Vec<String>),
+    /// Another connection committed (SQLite's `data_version` changed, or the listener just
+    /// started to watch): any row may have been released since the last look.
+    Committed,
+}
+
 /// A connection kept for receiving release notifications.
 #[doc(hidden)]
 pub trait Listener: Send {
-    /// Waits at most `timeout` for notifications; returns the names they carried, empty
-    /// when none came. An error means the connection is gone.
-    fn wait(&mut self, timeout: Duration) -> QueryResult<Vec<String>>;
+    /// Waits at most `timeout` for notifications. An error means the connection is gone.
+    fn wait(&mut self, timeout: Duration) -> QueryResult<Heard>;
+
+    /// Whether it watches the database's commits itself (SQLite) rather than receiving
+    /// messages (PostgreSQL). Nothing between can then lose what it hears, so no check
+    /// that notifications arrive is needed, and nothing queues up behind it while it does
+    /// not read, so it reads only while somebody waits.
+    fn watches_commits(&self) -> bool;
+
+    /// After [`Heard::Committed`]: which of the rows waited for are free now
+    /// ([`LockConnection::free_rows`], on the listener's connection).
+    fn free_rows(&mut self, queues: &[String]) -> QueryResult<Vec<String>>;
 }
 
 pub(crate) mod sealed {

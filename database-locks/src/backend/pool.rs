@@ -13,8 +13,8 @@ use parking_lot::Mutex;
 
 use super::exec::{Permit, Permits, Reply, Workers};
 use super::{
-    breaks_connection, classify, Attempt, Failure, Lease, Listener, LockConnection, LockInfo,
-    Migration, Semaphore,
+    breaks_connection, classify, Attempt, Failure, Heard, Lease, Listener, LockConnection,
+    LockInfo, Migration, Semaphore,
 };
 use crate::config::{mask_url, BackendKind};
 use crate::error::Error;
@@ -829,6 +829,7 @@ where
                 pooled: Some(pooled),
                 workers: Arc::clone(&self.workers),
                 statement_timeout: self.statement_timeout,
+                data_version: None,
             }))),
             Ok(None) => None,
             Err(err) => Some(Err(err)),
@@ -838,7 +839,8 @@ where
 
 /// How often a listener looks for notifications that arrived. diesel does not expose the
 /// connection's socket, so it cannot block on it; a look is a non-blocking read on the
-/// client, and nothing reaches the server.
+/// client, and nothing reaches the server. On SQLite a look reads `PRAGMA data_version`
+/// (shared memory, no file I/O).
 const LISTEN_POLL: Duration = Duration::from_millis(1);
 
 /// A pooled connection that listens while it is out of the pool. It is one the pool
@@ -853,6 +855,8 @@ where
     pooled: Option<PooledConnection<M>>,
     workers: Arc<Workers>,
     statement_timeout: Duration,
+    /// SQLite: the `data_version` last read; `None` until the first look.
+    data_version: Option<i64>,
 }
 
 impl<M> Listener for PooledListener<M>
@@ -860,9 +864,9 @@ where
     M: ManageConnection,
     M::Connection: PooledLockConnection,
 {
-    fn wait(&mut self, timeout: Duration) -> QueryResult<Vec<String>> {
+    fn wait(&mut self, timeout: Duration) -> QueryResult<Heard> {
         let Some(pooled) = self.pooled.as_mut() else {
-            return Ok(Vec::new());
+            return Ok(Heard::Released(Vec::new()));
         };
         let until = Instant::now() + timeout;
         loop {
@@ -872,12 +876,43 @@ where
                     pooled.mark_broken();
                 }
             })?;
+            if !names.is_empty() {
+                return Ok(Heard::Released(names));
+            }
+            // The first look reports a commit too: a release between the waiter's refused
+            // attempt and this look is then found by the read that follows.
+            let version = pooled.conn().data_version().inspect_err(|source| {
+                if breaks_connection(source) {
+                    pooled.mark_broken();
+                }
+            })?;
+            if let Some(version) = version {
+                if self.data_version.replace(version) != Some(version) {
+                    return Ok(Heard::Committed);
+                }
+            }
             let now = Instant::now();
-            if !names.is_empty() || now >= until {
-                return Ok(names);
+            if now >= until {
+                return Ok(Heard::Released(Vec::new()));
             }
             std::thread::sleep(LISTEN_POLL.min(until - now));
         }
+    }
+
+    fn watches_commits(&self) -> bool {
+        <<M::Connection as PooledLockConnection>::Conn as LockConnection>::KIND
+            == BackendKind::Sqlite
+    }
+
+    fn free_rows(&mut self, queues: &[String]) -> QueryResult<Vec<String>> {
+        let Some(pooled) = self.pooled.as_mut() else {
+            return Ok(Vec::new());
+        };
+        pooled.conn().free_rows(queues).inspect_err(|source| {
+            if breaks_connection(source) {
+                pooled.mark_broken();
+            }
+        })
     }
 }
 

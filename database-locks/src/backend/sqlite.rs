@@ -14,7 +14,7 @@ use diesel::{QueryResult, QueryableByName, RunQueryDsl};
 
 use super::{
     held_by, matched, migration_outcome, slots_json, Attempt, Column, Lease, LockConnection,
-    Migration, PermitRow, PermitState, Semaphore,
+    Migration, PermitRow, PermitState, Semaphore, SEPARATOR,
 };
 use crate::config::BackendKind;
 use crate::stmt::{json_rows, Bind, Stmt};
@@ -145,6 +145,26 @@ INSERT INTO database_locks_lock (name, locked_by, expires_at, token)
 SELECT json_extract(j.value, '$[0]'), NULL, NULL, 0 FROM json_each(?) j WHERE true
 ON CONFLICT (name) DO NOTHING";
 
+// A listener's look: changes when another connection has committed to the file. A
+// statement that changes nothing (a refused attempt) commits nothing.
+const DATA_VERSION: &str = "PRAGMA data_version";
+
+// After a commit elsewhere, which of the rows waited for are free (released or expired):
+// the same bind twice, a JSON array of `[name, first, last, header]` per queue, where first..last
+// spans the rows of a semaphore `name` (`name␟` .. `name` + U+2420: names compare byte for
+// byte, and UTF-8 orders like code points) and the header row is left out. Two index
+// ranges rather than an OR, so that each stays an index lookup.
+const FREE_ROWS: &str = "\
+SELECT l.name AS name FROM json_each(?) AS j
+  JOIN database_locks_lock l ON l.name = json_extract(j.value, '$[0]')
+ WHERE l.expires_at IS NULL OR l.expires_at < strftime('%Y-%m-%d %H:%M:%f', 'now') || '000'
+UNION ALL
+SELECT l.name AS name FROM json_each(?) AS j
+  JOIN database_locks_lock l
+    ON l.name > json_extract(j.value, '$[1]') AND l.name < json_extract(j.value, '$[2]')
+ WHERE l.name <> json_extract(j.value, '$[3]')
+   AND (l.expires_at IS NULL OR l.expires_at < strftime('%Y-%m-%d %H:%M:%f', 'now') || '000')";
+
 // Django's DDL plus our token column.
 const CREATE: &str = "\
 CREATE TABLE IF NOT EXISTS database_locks_lock (
@@ -163,6 +183,28 @@ const SETUP: &str = "\
 PRAGMA busy_timeout = 5000;
 PRAGMA journal_mode = WAL;
 PRAGMA synchronous = NORMAL;";
+
+#[derive(QueryableByName)]
+struct DataVersion {
+    #[diesel(sql_type = BigInt)]
+    data_version: i64,
+}
+
+#[derive(QueryableByName)]
+struct Name {
+    #[diesel(sql_type = Text)]
+    name: String,
+}
+
+/// The `FREE_ROWS` bind for these queues.
+fn queue_ranges(queues: &[String]) -> String {
+    json_rows(queues, |queue, row| {
+        let first = format!("{queue}{SEPARATOR}");
+        let last = format!("{queue}\u{2420}");
+        let header = format!("{queue}{SEPARATOR}permits");
+        row.text(queue).text(&first).text(&last).text(&header);
+    })
+}
 
 #[derive(QueryableByName)]
 struct Token {
@@ -379,6 +421,26 @@ impl LockConnection for SqliteConnection {
         self.immediate_transaction(f)
     }
 
+    // Waiters wake on other connections' commits (`notify.rs`): nothing to register.
+    fn listen(&mut self) -> QueryResult<bool> {
+        Ok(true)
+    }
+
+    fn data_version(&mut self) -> QueryResult<Option<i64>> {
+        let rows: Vec<DataVersion> = Stmt::new(DATA_VERSION, &[]).load(self)?;
+        Ok(rows.first().map(|r| r.data_version))
+    }
+
+    fn free_rows(&mut self, queues: &[String]) -> QueryResult<Vec<String>> {
+        if queues.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ranges = queue_ranges(queues);
+        let rows: Vec<Name> =
+            Stmt::new(FREE_ROWS, &[Bind::Text(&ranges), Bind::Text(&ranges)]).load(self)?;
+        Ok(rows.into_iter().map(|r| r.name).collect())
+    }
+
     super::lease_queries!(
         verify: VERIFY,
         list: LIST,
@@ -395,5 +457,108 @@ impl LockConnection for SqliteConnection {
 
     fn missing_table_message(message: &str) -> bool {
         message.contains("no such table") && message.contains("database_locks_lock")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use diesel::connection::SimpleConnection;
+    use diesel::{Connection, SqliteConnection};
+
+    use crate::backend::{slot_row, Attempt, Lease, LockConnection, Semaphore};
+
+    fn open(file: &std::path::Path) -> SqliteConnection {
+        let mut conn = SqliteConnection::establish(&file.display().to_string()).unwrap();
+        conn.setup().unwrap();
+        conn
+    }
+
+    fn version(conn: &mut SqliteConnection) -> i64 {
+        conn.data_version()
+            .unwrap()
+            .expect("SQLite has a data_version")
+    }
+
+    // What the SQLite listener relies on: another connection's commit changes what a
+    // connection reads from `PRAGMA data_version`; a refused attempt (an UPDATE that
+    // matches nothing, then a read) does not, nor do its own commits.
+    #[test]
+    fn data_version_changes_on_commits_by_others_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("locks.sqlite3");
+        let mut holder = open(&file);
+        holder.migrate().unwrap();
+        let mut waiter = open(&file);
+        let mut watcher = open(&file);
+
+        let ttl = Some(Duration::from_secs(60));
+        let Attempt::Acquired { token } = holder.try_acquire("n", "h", ttl).unwrap() else {
+            panic!("a new name is free");
+        };
+        let before = version(&mut watcher);
+        assert_eq!(version(&mut watcher), before, "nothing committed");
+
+        let refused = waiter.try_acquire("n", "w", ttl).unwrap();
+        assert!(matches!(refused, Attempt::Held { .. }), "{refused:?}");
+        assert_eq!(
+            version(&mut watcher),
+            before,
+            "a refused attempt commits nothing"
+        );
+
+        // The watcher's own commit is not another connection's.
+        watcher.batch_execute("CREATE TABLE t (x)").unwrap();
+        assert_eq!(version(&mut watcher), before, "its own commit");
+
+        let lease = Lease {
+            name: "n",
+            owner: "h",
+            token,
+        };
+        assert!(holder.release(lease, None).unwrap());
+        let after = version(&mut watcher);
+        assert_ne!(after, before, "another connection's release");
+        assert_eq!(version(&mut watcher), after, "read twice, nothing new");
+    }
+
+    #[test]
+    fn free_rows_are_the_free_locks_and_slots_waited_for() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("locks.sqlite3");
+        let mut conn = open(&file);
+        conn.migrate().unwrap();
+        let ttl = Some(Duration::from_secs(60));
+        for name in ["held", "free", "other-free"] {
+            assert!(matches!(
+                conn.try_acquire(name, "o", ttl).unwrap(),
+                Attempt::Acquired { .. }
+            ));
+        }
+        conn.force_release("free").unwrap();
+        conn.force_release("other-free").unwrap();
+        // A semaphore of 2 permits, one taken: its free slot and never its header row.
+        let semaphore = Semaphore::new("sem", 2);
+        assert_eq!(conn.setup_semaphore(&semaphore).unwrap(), None);
+        let taken = conn.try_acquire_permit(&semaphore, "o", ttl).unwrap();
+        assert!(matches!(taken, Attempt::Permit { .. }), "{taken:?}");
+        // Another lock whose name starts like the semaphore's.
+        assert!(matches!(
+            conn.try_acquire("sem2", "o", ttl).unwrap(),
+            Attempt::Acquired { .. }
+        ));
+        conn.force_release("sem2").unwrap();
+
+        let queues = ["held", "free", "sem", "missing"].map(String::from);
+        let mut free = conn.free_rows(&queues).unwrap();
+        free.sort();
+        let slot = |i| slot_row("sem", i);
+        let Attempt::Permit { row, .. } = taken else {
+            unreachable!()
+        };
+        let free_slot = if row == slot(1) { slot(2) } else { slot(1) };
+        assert_eq!(free, vec!["free".to_owned(), free_slot]);
+        assert!(conn.free_rows(&[]).unwrap().is_empty());
     }
 }

@@ -1,0 +1,187 @@
+//! SQLite: a release in one process wakes a waiter in another (the handle's listener reads
+//! `PRAGMA data_version`), instead of the waiter finding out at its next poll.
+//!
+//! The waiter (`wake-helper`) polls every 60 s, and the holder's lock has no expiry, so
+//! only a wake-up lets it acquire before its timeout. With `notify(false)` the same
+//! waiter gets the lock only by the attempt it makes at its deadline: that is what shows
+//! the first test passes by the wake-up. No assertion bounds a time from above but by the
+//! waiter's own timeout (30 s); the lower bound (at or after its deadline) cannot be
+//! broken by a slow machine.
+
+mod common;
+
+use std::process::Child;
+use std::sync::mpsc::Receiver;
+use std::time::Duration;
+
+use common::{expect_line, lines, unique_name, wait_exit, Db};
+
+const WAKE_HELPER: &str = env!("CARGO_BIN_EXE_wake-helper");
+
+/// The waiter's poll: longer than anything a test waits, so a poll cannot pass it.
+const RETRY: &str = "60";
+
+/// How long a step may take on a loaded machine before the test calls it broken.
+const STEP: Duration = Duration::from_secs(60);
+
+/// Starts `wake-helper wait` on `db` (`notify` sets `DATABASE_LOCKS_NOTIFY`) and returns
+/// it once its first attempt has been refused, with the listener state it reported.
+fn waiter(
+    db: &Db,
+    name: &str,
+    permits: u32,
+    timeout: &str,
+    notify: bool,
+) -> (Child, Receiver<String>, String) {
+    let mut child = std::process::Command::new(WAKE_HELPER)
+        .args(["wait", &db.url, name, &permits.to_string(), RETRY, timeout])
+        .env("DATABASE_LOCKS_NOTIFY", notify.to_string())
+        .env_remove("DATABASE_LOCKS_TRANSACTION_POOLING")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .expect("spawn wake-helper");
+    let out = lines(child.stdout.take().expect("stdout piped"));
+    let waiting = expect_line(&out, "waiting ", STEP);
+    let state = waiting["waiting ".len()..].to_owned();
+    (child, out, state)
+}
+
+/// The waiter's outcome: `("acquired", Some(token), ms)` or `("timeout", None, ms)`.
+fn outcome(child: &mut Child, out: &Receiver<String>) -> (String, Option<u64>, u64) {
+    let line = out
+        .recv_timeout(STEP)
+        .expect("the waiter says how it ended");
+    let words: Vec<&str> = line.split(' ').collect();
+    let status = wait_exit(child, STEP);
+    assert!(status.success(), "the waiter failed ({status}): {line}");
+    match words.as_slice() {
+        ["acquired", token, ms] => (
+            "acquired".into(),
+            Some(token.parse().expect("token")),
+            ms.parse().expect("ms"),
+        ),
+        ["timeout", ms] => ("timeout".into(), None, ms.parse().expect("ms")),
+        _ => panic!("unexpected line from the waiter: {line}"),
+    }
+}
+
+fn token_i64(token: u64) -> i64 {
+    i64::try_from(token).expect("a token fits the column")
+}
+
+#[test]
+fn a_release_wakes_a_waiter_in_another_process() {
+    let db = Db::sqlite();
+    let locks = db.locks();
+    let name = unique_name("sqlite-wake");
+    let guard = locks
+        .lock(&name)
+        .lock_ttl(None)
+        .try_acquire()
+        .expect("acquire")
+        .expect("a new name is free");
+    let held = guard.token().expect("a token");
+
+    let (mut child, out, state) = waiter(&db, &name, 0, "30", true);
+    assert_eq!(
+        state, "Watching",
+        "the waiter's handle watches the file's commits"
+    );
+    guard.release().expect("release");
+
+    let (how, token, ms) = outcome(&mut child, &out);
+    assert_eq!(how, "acquired", "the waiter timed out after {ms} ms");
+    // Its own acquisition, the next after the holder's: the holder's row had been released
+    // (it had no expiry), and nothing else took it in between.
+    assert_eq!(token, Some(held + 1));
+    // Before its timeout (whose last attempt would also have found the lock free) and
+    // before its first poll (60 s).
+    assert!(
+        ms < 30_000,
+        "acquired after {ms} ms: at its deadline, not woken"
+    );
+    // It released it before exiting.
+    let row = db.row(&name).expect("the row");
+    assert_eq!(
+        (row.token, row.expires_at),
+        (token_i64(held + 1), None),
+        "{row:?}"
+    );
+}
+
+#[test]
+fn without_notify_the_waiter_finds_out_at_its_deadline_only() {
+    let db = Db::sqlite();
+    let locks = db.locks();
+    let name = unique_name("sqlite-nowake");
+    let guard = locks
+        .lock(&name)
+        .lock_ttl(None)
+        .try_acquire()
+        .expect("acquire")
+        .expect("a new name is free");
+
+    let (mut child, out, state) = waiter(&db, &name, 0, "3", false);
+    assert_eq!(state, "Off");
+    guard.release().expect("release");
+
+    // Its one attempt after the first is the last look at its deadline: it finds the lock
+    // free then, or (if this test was slower than 3 s to release) times out.
+    let (how, _, ms) = outcome(&mut child, &out);
+    assert!(
+        ms >= 3_000,
+        "{how} after {ms} ms, before its deadline: something but the poll woke it"
+    );
+}
+
+#[test]
+fn a_released_permit_wakes_a_semaphore_waiter_in_another_process() {
+    let db = Db::sqlite();
+    let locks = db.locks();
+    let name = unique_name("sqlite-wake-sem");
+    let permits: Vec<_> = (0..2)
+        .map(|_| {
+            locks
+                .semaphore(&name, 2)
+                .lock_ttl(None)
+                .try_acquire()
+                .expect("acquire a permit")
+                .expect("a permit is free")
+        })
+        .collect();
+
+    let (mut child, out, state) = waiter(&db, &name, 2, "30", true);
+    assert_eq!(state, "Watching");
+    let mut permits = permits.into_iter();
+    let (first, second) = (permits.next(), permits.next());
+    let (first, second) = (first.expect("a permit"), second.expect("two permits"));
+    let (held, freed) = (
+        first.token().expect("a token"),
+        first.permit().expect("a slot").row,
+    );
+    let (kept, kept_row) = (
+        second.token().expect("a token"),
+        second.permit().expect("a slot").row,
+    );
+    first.release().expect("release a permit");
+
+    let (how, token, ms) = outcome(&mut child, &out);
+    assert_eq!(how, "acquired", "the waiter timed out after {ms} ms");
+    assert!(
+        ms < 30_000,
+        "acquired after {ms} ms: at its deadline, not woken"
+    );
+    // The released slot, taken next and released again; the other slot still ours.
+    assert_eq!(token, Some(held + 1));
+    let row = db.row(&freed).expect("the freed slot's row");
+    assert_eq!(
+        (row.token, row.expires_at),
+        (token_i64(held + 1), None),
+        "{row:?}"
+    );
+    let row = db.row(&kept_row).expect("the kept slot's row");
+    assert_eq!(row.token, token_i64(kept), "{row:?}");
+    assert!(row.expires_at.is_some(), "{row:?}");
+    drop(second);
+}
