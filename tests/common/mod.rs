@@ -205,6 +205,17 @@ fn base_url(url: &str) -> &str {
     url.rsplit_once('/').map(|(b, _)| b).unwrap_or(url)
 }
 
+/// When a `watch` helper was told of its loss: the `@MICROS` of its `lost @MICROS REASON`
+/// line (Unix microseconds, the host's clock, which the test databases share).
+pub fn told_at(lost_line: &str) -> i64 {
+    lost_line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|t| t.strip_prefix('@'))
+        .and_then(|t| t.parse().ok())
+        .unwrap_or_else(|| panic!("no time in {lost_line:?}"))
+}
+
 /// A lock name no other test or run uses.
 pub fn unique_name(test: &str) -> String {
     database_locks_testkit::unique_name("test", test)

@@ -19,7 +19,8 @@
 //! `DATABASE_LOCKS_TRANSACTION_POOLING=true` behind PgBouncer.
 //! Times are seconds (fractions allowed); HOLD may also be `stdin`: hold until stdin
 //! closes, so a test releases once it has seen what it waits for. Lines on stdout:
-//! `acquired TOKEN`, `renewing`, `lost REASON`, `released`, `held HOLDER`.
+//! `acquired TOKEN`, `renewing`, `lost @MICROS REASON` (when it was told, Unix µs),
+//! `released`, `held HOLDER`.
 
 use std::fs::OpenOptions;
 use std::io::Write;
@@ -104,7 +105,11 @@ fn hold(url: &str, name: &str, ttl: &str, renew: &str, hold: &str, watch: bool) 
         .lock_ttl(Some(secs(ttl)))
         .lock_ttl_renew(secs(renew));
     if watch {
-        builder = builder.lost_lock_cb(|lost| say(&format!("lost {}", lost.reason)));
+        // When it was told, by the host's clock (the databases here share it): tests
+        // compare that with the row's `expires_at`, not with when they read this line.
+        builder = builder.lost_lock_cb(|lost| {
+            say(&format!("lost @{} {}", now_nanos() / 1000, lost.reason));
+        });
     }
     let guard = match builder.acquire() {
         Ok(guard) => guard,
