@@ -219,20 +219,26 @@ fn lost_stops_the_work_in_time(db: &Db) {
     let locks = db.locks();
     let name = unique_name("async-lost");
     multi_thread().block_on(async {
-        // Force-released: the next renewal finds the row gone. It comes 2 s after the
-        // acquisition and has 7.5 s to get through before the watchdog would give the lease
-        // up as Expired instead: with a 2 s lease it had 0.75 s, and a loaded run stalled it
-        // for longer (cause Expired, correct for the library, not what this checks).
+        // Force-released: the next renewal finds the row gone. The renewal is the guard's
+        // own (`renew()`, no auto-renewal, a 60 s lease), bounded only by the statement
+        // timeout: with the renewal thread's, a loaded run delayed PostgreSQL's commits
+        // past the 7.5 s a renewal had before the lease is given up, and the loss came as
+        // Expired (in time, and right, but not a detected theft). The renewal thread's
+        // detection of a theft is tests/lock.rs's.
         let guard = locks
             .lock(&name)
-            .lock_ttl(Some(10 * SEC))
-            .lock_ttl_renew(8 * SEC)
+            .lock_ttl(Some(60 * SEC))
+            .auto_renew(false)
             .lost_lock_cb(|_| {})
             .acquire_async()
             .await
             .unwrap();
         let lost = guard.lost();
         assert!(db.locks().force_release(&name).unwrap());
+        assert!(
+            matches!(guard.renew(), Err(database_locks::Error::Lost { .. })),
+            "the renewal did not find the theft"
+        );
         let loss = tokio::time::timeout(30 * SEC, lost)
             .await
             .expect("lost() did not complete");
