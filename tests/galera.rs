@@ -109,6 +109,11 @@ enum Outcome {
     Conflict,
     /// Two inserts of a new name met on one node (1062), also transient.
     Duplicate,
+    /// The node did not answer within the statement deadline (`Error::Unresponsive`): a
+    /// Galera node can stall for seconds (flow control, a slow fsync on this VM). The
+    /// attempt's outcome is unknown to its caller, which is why the winner's release is
+    /// what proves that no late statement overwrote the winner.
+    Unresponsive,
 }
 
 fn attempt(locks: &Locks, name: &str) -> Outcome {
@@ -123,6 +128,7 @@ fn attempt(locks: &Locks, name: &str) -> Outcome {
             source: DieselError::DatabaseError(DatabaseErrorKind::UniqueViolation, _),
             ..
         }) => Outcome::Duplicate,
+        Err(Error::Unresponsive { .. }) => Outcome::Unresponsive,
         Err(err) => panic!("try_acquire {name}: {err:?}"),
     }
 }
@@ -210,6 +216,7 @@ fn race(cluster: &Cluster, rounds: usize, label: &str) {
     }
     let before = conflicts_so_far(cluster);
     let (mut won, mut held, mut conflicts, mut duplicates, mut none) = (0, 0, 0, 0, 0);
+    let mut unanswered = 0;
     for round in 0..rounds {
         let name = unique_name("galera-race");
         let fresh = round % 2 == 0;
@@ -246,6 +253,7 @@ fn race(cluster: &Cluster, rounds: usize, label: &str) {
                 Outcome::Held => held += 1,
                 Outcome::Conflict => conflicts += 1,
                 Outcome::Duplicate => duplicates += 1,
+                Outcome::Unresponsive => unanswered += 1,
             }
         }
         assert!(
@@ -257,8 +265,8 @@ fn race(cluster: &Cluster, rounds: usize, label: &str) {
         match winners.pop() {
             Some(guard) => {
                 won += 1;
-                // Nobody's re-run statement overwrote the winner: its release finds its
-                // own owner and token in the row.
+                // Nobody's re-run (or late, unanswered) statement overwrote the winner:
+                // its release finds its own owner and token in the row.
                 guard.release().unwrap();
             }
             None => none += 1,
@@ -268,7 +276,8 @@ fn race(cluster: &Cluster, rounds: usize, label: &str) {
     println!(
         "race [Galera, {label}]: {rounds} rounds of 3 nodes at once: {won} won, {none} rounds \
          without a winner; losers: {held} refused, {conflicts} certification conflicts \
-         (1213), {duplicates} duplicate keys; the cluster counted {} certification failures \
+         (1213), {duplicates} duplicate keys, {unanswered} unanswered within the deadline; \
+         the cluster counted {} certification failures \
          and {} brute-force aborts",
         after.0 - before.0,
         after.1 - before.1
