@@ -510,15 +510,7 @@ fn ten_thousand_waiting_tasks_use_a_handful_of_threads(db: &Db) {
 /// `examples/async_worker.rs`, two processes at once: they take turns (each holds the
 /// lock in some rounds), and no two holds overlap.
 fn two_async_workers_take_turns(db: &Db) {
-    let example = std::path::Path::new(common::HELPER)
-        .with_file_name("examples")
-        .join("async_worker");
-    assert!(
-        example.exists(),
-        "{} is missing: `cargo test` builds the examples; with a test filter, build it with \
-         `cargo build --all-features --example async_worker`",
-        example.display()
-    );
+    let example = common::example("async_worker");
     let name = unique_name("async-worker");
     let workers: Vec<_> = (0..2)
         .map(|_| {

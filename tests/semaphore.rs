@@ -428,15 +428,7 @@ fn async_permits_on_one_thread(db: &Db) {
 /// `examples/semaphore.rs` on this backend: it asserts itself that no more than 2 of its
 /// 5 workers are inside at once, and says so at the end.
 fn the_example_runs(db: &Db) {
-    let example = std::path::Path::new(common::HELPER)
-        .with_file_name("examples")
-        .join("semaphore");
-    assert!(
-        example.exists(),
-        "{} is missing: `cargo test` builds the examples; with a test filter, build it with \
-         `cargo build --all-features --example semaphore`",
-        example.display()
-    );
+    let example = common::example("semaphore");
     let dir = tempfile::tempdir().unwrap();
     let mut run = std::process::Command::new(&example)
         .env("DATABASE_LOCKS_URL", &db.url)

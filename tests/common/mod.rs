@@ -414,6 +414,20 @@ use std::sync::mpsc;
 /// The workspace's test helper binary (tests/support/lock_helper.rs).
 pub const HELPER: &str = env!("CARGO_BIN_EXE_lock-helper");
 
+/// The built `examples/NAME.rs` (`cargo test` builds the examples beside the helper).
+pub fn example(name: &str) -> std::path::PathBuf {
+    let example = std::path::Path::new(HELPER)
+        .with_file_name("examples")
+        .join(name);
+    assert!(
+        example.exists(),
+        "{} is missing: `cargo test` builds the examples; with a test filter, build it with \
+         `cargo build --all-features --example {name}`",
+        example.display()
+    );
+    example
+}
+
 impl Db {
     /// `lock-helper ARGS...` for this database: told to use transaction pooling settings
     /// when the database is behind PgBouncer.
