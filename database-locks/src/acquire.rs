@@ -18,6 +18,7 @@ use crate::guard::LockGuard;
 use crate::lease::{LeaseState, LostCallback};
 use crate::local::{Waiter, Wake};
 use crate::locks::{transient, Locks};
+use crate::observe::{self, Outcome, Wakeup};
 use crate::offload::offload;
 use crate::timer::{sleep_until, Sleep};
 
@@ -274,11 +275,45 @@ impl Acquisition {
             // A waiter that is not at the front wakes on the deadline only.
             Wake::Timer => front || self.deadline.is_some_and(|d| Instant::now() >= d),
         };
+        if front && wake == Wake::Timer {
+            observe::wakeup(&self.req.name, Wakeup::Poll);
+        }
+    }
+
+    /// The span of one acquisition; its outcome fields are filled in by [`Self::finish`].
+    fn span(&self) -> tracing::Span {
+        tracing::debug_span!(
+            "acquire",
+            lock = %self.req.name,
+            owner = %self.req.owner,
+            outcome = tracing::field::Empty,
+            token = tracing::field::Empty,
+            wait_seconds = tracing::field::Empty,
+        )
+    }
+
+    /// Reports how the acquisition ended: metrics, and the span's fields.
+    fn finish(&self, span: &tracing::Span, done: &Result<Option<LockGuard>>) {
+        let (outcome, waited) = (Outcome::of(done), self.started.elapsed());
+        observe::acquisition(&self.req.name, outcome, waited);
+        span.record("outcome", outcome.as_str());
+        span.record("wait_seconds", waited.as_secs_f64());
+        if let Ok(Some(guard)) = done {
+            if let Some(token) = guard.token() {
+                span.record("token", token);
+            }
+        }
     }
 
     /// The blocking face: attempts and waits on this thread.
-    pub(crate) fn run_blocking(mut self) -> Result<Option<LockGuard>> {
-        loop {
+    pub(crate) fn run_blocking(self) -> Result<Option<LockGuard>> {
+        let span = self.span();
+        let _entered = span.enter();
+        self.blocking(&span)
+    }
+
+    fn blocking(mut self, span: &tracing::Span) -> Result<Option<LockGuard>> {
+        let done = loop {
             match self.next() {
                 Step::Attempt { sent, limit } => {
                     let req = &self.req;
@@ -291,23 +326,38 @@ impl Acquisition {
                         limit,
                     );
                     if let Some(done) = self.attempted(sent, result) {
-                        return done;
+                        break done;
                     }
                 }
                 Step::Wait { until, front } => {
                     let wake = self.waiter.wait(until, front);
                     self.woke(wake, front);
                 }
-                Step::Done(done) => return done,
+                Step::Done(done) => break done,
             }
-        }
+        };
+        self.finish(span, &done);
+        done
     }
 
     /// The async face: attempts on the crate's threads, waits as a task. Dropping the
     /// future at any point leaves no lock behind: an attempt that was granted after the
     /// future went is released by the worker that ran it.
-    pub(crate) async fn run_async(mut self) -> Result<Option<LockGuard>> {
-        loop {
+    pub(crate) fn run_async(self) -> impl Future<Output = Result<Option<LockGuard>>> + Send {
+        use tracing::Instrument;
+        let span = self.span();
+        let inner = span.clone();
+        async move {
+            let (done, this) = self.in_tasks().await;
+            this.finish(&inner, &done);
+            done
+        }
+        .instrument(span)
+    }
+
+    /// The async face's loop; gives the acquisition back for [`Self::finish`].
+    async fn in_tasks(mut self) -> (Result<Option<LockGuard>>, Self) {
+        let done = loop {
             match self.next() {
                 Step::Attempt { sent, limit } => {
                     let req = &self.req;
@@ -350,9 +400,13 @@ impl Acquisition {
                     .map_err(|source| Error::Thread {
                         thread: "async worker",
                         source,
-                    })?;
-                    if let Some(done) = self.attempted(sent, result) {
-                        return done;
+                    });
+                    let done = match result {
+                        Ok(result) => self.attempted(sent, result),
+                        Err(err) => Some(Err(err)),
+                    };
+                    if let Some(done) = done {
+                        break done;
                     }
                 }
                 Step::Wait { until, front } => {
@@ -364,9 +418,10 @@ impl Acquisition {
                     .await;
                     self.woke(wake, front);
                 }
-                Step::Done(done) => return done,
+                Step::Done(done) => break done,
             }
-        }
+        };
+        (done, self)
     }
 }
 

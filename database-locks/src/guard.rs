@@ -81,6 +81,7 @@ impl LockGuard {
             .inner
             .local
             .acquired(&lease.name, &lease.owner, pinned, thread);
+        crate::observe::held(&lease.name);
         LockGuard {
             name: lease.name.clone(),
             held: Some(Held {
@@ -155,6 +156,13 @@ impl LockGuard {
         if lease.is_lost() {
             return Err(self.lost_error_of(lease));
         }
+        let span = tracing::debug_span!(
+            "renew",
+            leases = 1,
+            lock = lease.name.as_str(),
+            owner = lease.owner.as_str(),
+        );
+        let _entered = span.enter();
         let sent = Instant::now();
         let store = held.locks.store();
         let batch = vec![(lease.name.clone(), lease.owner.clone(), lease.token, ttl)];
@@ -330,6 +338,15 @@ fn release(name: &str, held: Held, wait: Wait) -> Result<()> {
         local_id,
         from_task: _,
     } = held;
+    let span = tracing::debug_span!(
+        "release",
+        lock = %name,
+        owner = %lease.owner,
+        token = lease.token,
+        outcome = tracing::field::Empty,
+    );
+    let _entered = span.enter();
+    crate::observe::released(&lease.name, acquired_at.elapsed());
     lease.finish();
     if let Some(renewer) = locks.inner_renewer() {
         renewer.remove(&lease);
@@ -363,6 +380,15 @@ fn release(name: &str, held: Held, wait: Wait) -> Result<()> {
     };
     locks.inner.local.released(name, local_id);
     let token = pending.lease.token;
+    span.record(
+        "outcome",
+        match &outcome {
+            Ok(true) => "released",
+            Ok(false) => "lost",
+            Err(err) if transient(err) => "retrying",
+            Err(_) => "error",
+        },
+    );
     match outcome {
         Ok(true) => {
             tracing::debug!(lock = %name, token, "lock released");
@@ -406,6 +432,7 @@ impl Drop for LockGuard {
             if let Err(err) = spawned {
                 // No thread to release on: the lease runs out by itself; stop renewing it.
                 tracing::warn!(lock = %self.name, "cannot start a thread to release the lock ({err}); its lease will expire");
+                crate::observe::released(&lease.name, Duration::ZERO);
                 lease.finish();
                 if let Some(renewer) = locks.inner_renewer() {
                     renewer.remove(&lease);

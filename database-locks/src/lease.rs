@@ -270,6 +270,7 @@ impl LeaseState {
             return;
         }
         tracing::warn!(lock = %self.name, owner = %self.owner, token = self.token, "lock lost: {reason}");
+        crate::observe::loss(&self.name, cause);
         let lost = self.lost_lock(cause, reason);
         *self.loss.lock() = Some(lost.clone());
         let wakers = std::mem::take(&mut *self.loss_wakers.lock());

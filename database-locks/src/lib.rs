@@ -38,6 +38,18 @@
 //!   Create it before the application's own first PostgreSQL connection: OpenSSL settles
 //!   this at its first initialisation.
 //! - `mysql`: MySQL and MariaDB through libmysqlclient.
+//! - `metrics`: counters, gauges and histograms through the [`metrics`](https://docs.rs/metrics) facade, for any
+//!   exporter (Prometheus, StatsD, OpenTelemetry); the README lists them. Off by default,
+//!   and without it no metric code is compiled.
+//!
+//! # Logs and spans
+//!
+//! The crate reports through [`tracing`]: `debug` spans `acquire` (fields `lock`, `owner`,
+//! and once it ends `outcome`, `token`, `wait_seconds`), `renew` (one per renewal statement:
+//! `leases`, and the first lease's `lock` and `owner`) and `release` (`lock`, `owner`,
+//! `token`, `outcome`); a lost lock is a `warn` event. Any subscriber shows them, e.g.
+//! `tracing_subscriber::fmt().with_max_level(tracing::Level::DEBUG).init()`
+//! (`examples/tracing.rs`).
 #![warn(missing_docs, missing_debug_implementations, rust_2018_idioms)]
 #![forbid(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
@@ -55,6 +67,7 @@ mod lease;
 mod local;
 mod locks;
 mod notify;
+mod observe;
 mod offload;
 mod releaser;
 mod renewer;

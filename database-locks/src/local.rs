@@ -22,6 +22,7 @@ use parking_lot::{Condvar, Mutex};
 use crate::backend::pool::Store;
 use crate::config::BackendKind;
 use crate::notify::Listening;
+use crate::observe::{self, Wakeup};
 use crate::status::StatusFile;
 
 /// One waiting acquisition in a name's queue.
@@ -153,23 +154,32 @@ impl State {
     ///
     /// `name` is a row's: a semaphore's slot hands the turn to the semaphore's queue (a
     /// guard of this handle on that slot would hold it, not the semaphore).
-    fn give_turn(&mut self, name: &str) {
+    fn give_turn(&mut self, name: &str, why: Wakeup) {
         if self.held.contains_key(name) {
             return;
         }
-        if let Some(queue) = self.queues.get_mut(crate::backend::queue_key(name)) {
-            give_turn(queue);
+        let queue_name = crate::backend::queue_key(name);
+        if let Some(queue) = self.queues.get_mut(queue_name) {
+            if give_turn(queue) {
+                observe::wakeup(queue_name, why);
+            }
         }
     }
 }
 
-fn give_turn(queue: &mut VecDeque<Waiting>) {
+/// Hands the front of `queue` the next attempt; whether it woke a waiter (not when a
+/// turn is out already, or nobody waits).
+fn give_turn(queue: &mut VecDeque<Waiting>) -> bool {
     if queue.iter().any(|w| w.turn) {
-        return;
+        return false;
     }
-    if let Some(front) = queue.front_mut() {
-        front.turn = true;
-        front.wake.notify();
+    match queue.front_mut() {
+        Some(front) => {
+            front.turn = true;
+            front.wake.notify();
+            true
+        }
+        None => false,
     }
 }
 
@@ -211,7 +221,7 @@ impl Hub {
 
     /// A release of `name` was announced by the database: hand its queue the next attempt.
     pub(crate) fn notified(&self, name: &str) {
-        self.state.lock().give_turn(name);
+        self.state.lock().give_turn(name, Wakeup::Notify);
     }
 
     /// Notifications may have been missed (the listener just started or reconnected):
@@ -220,8 +230,8 @@ impl Hub {
         let mut state = self.state.lock();
         let State { held, queues, .. } = &mut *state;
         for (name, queue) in queues.iter_mut() {
-            if !held.contains_key(name) {
-                give_turn(queue);
+            if !held.contains_key(name) && give_turn(queue) {
+                observe::wakeup(name, Wakeup::Notify);
             }
         }
     }
@@ -463,7 +473,7 @@ impl Local {
             if found {
                 state.holding = state.holding.saturating_sub(1);
             }
-            state.give_turn(name);
+            state.give_turn(name, Wakeup::Local);
         }
         self.hub.write_status();
     }

@@ -70,6 +70,7 @@ impl Locks {
     /// A handle on the database `config` names. Connects lazily: a bad URL is an error
     /// here, an unreachable database at the first lock.
     pub fn new(config: Config) -> Result<Self> {
+        crate::observe::describe();
         #[cfg(feature = "postgres")]
         crate::backend::postgres::init_tls();
         let (kind, target) = config.target()?;

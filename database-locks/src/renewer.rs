@@ -17,6 +17,7 @@ use parking_lot::{Condvar, Mutex};
 use crate::backend::pool::Store;
 use crate::backend::Failure;
 use crate::lease::{from_nanos, period, to_nanos, LeaseState, LossCause};
+use crate::observe;
 
 /// The most leases one renewal statement carries; a larger tick sends several.
 pub(crate) const MAX_BATCH: usize = 10_000;
@@ -311,6 +312,15 @@ fn renew_batch(
     due: &[Arc<LeaseState>],
     deadline: Instant,
 ) {
+    // One span per statement: its leases' events (renewed, lost) come inside it, each with
+    // the lock's name and owner.
+    let span = tracing::debug_span!(
+        "renew",
+        leases = due.len(),
+        lock = due.first().map(|l| l.name.as_str()),
+        owner = due.first().map(|l| l.owner.as_str()),
+    );
+    let _entered = span.enter();
     let sent = Instant::now();
     let leases: Vec<_> = due
         .iter()
@@ -346,13 +356,15 @@ fn renew_batch(
                 lease.extended(sent);
                 lease.backoff.store(0, Ordering::SeqCst);
                 schedule.schedule(Arc::clone(lease), sent + period(lease));
-                tracing::trace!(lock = %lease.name, "lease renewed");
+                observe::renewal(&lease.name, true);
+                tracing::trace!(lock = %lease.name, owner = %lease.owner, token = lease.token, "lease renewed");
             }
             Ok(_) => lease.declare_lost(
                 LossCause::Taken,
                 "the renewal found another owner or token, or an expired lease".to_owned(),
             ),
             Err(err) if err.failure == Failure::Transient => {
+                observe::renewal(&lease.name, false);
                 let backoff = (Duration::from_nanos(lease.backoff.load(Ordering::SeqCst)) * 2)
                     .clamp(Duration::from_millis(50), Duration::from_millis(500));
                 lease.backoff.store(
@@ -362,10 +374,13 @@ fn renew_batch(
                 schedule.schedule(Arc::clone(lease), Instant::now() + backoff);
                 tracing::debug!(lock = %lease.name, "renewal failed, retrying: {}", err.error);
             }
-            Err(err) => lease.declare_lost(
-                LossCause::Failed,
-                format!("the renewal failed: {}", err.error),
-            ),
+            Err(err) => {
+                observe::renewal(&lease.name, false);
+                lease.declare_lost(
+                    LossCause::Failed,
+                    format!("the renewal failed: {}", err.error),
+                );
+            }
         }
     }
 }
@@ -388,6 +403,7 @@ fn apply_late(shared: &Shared, due: &[Arc<LeaseState>], renewed: &[bool], sent: 
         if at != u64::MAX && at < to_nanos(next) {
             schedule.schedule(Arc::clone(lease), next);
         }
+        observe::renewal(&lease.name, true);
         tracing::debug!(lock = %lease.name, "a renewal that answered after its deadline counts");
     }
 }
