@@ -88,6 +88,21 @@ pub enum Command {
 
     /// Create the lock table, or add the `token` column to a table Django created
     Migrate,
+
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
+    ///
+    /// bash: `database-locks completions bash > /etc/bash_completion.d/database-locks`
+    /// (or `source <(database-locks completions bash)` in ~/.bashrc); zsh: save it as
+    /// `_database-locks` in a directory of $fpath; fish: save it as
+    /// ~/.config/fish/completions/database-locks.fish. Needs no database.
+    Completions(CompletionsArgs),
+
+    /// Print the manual page (roff), or a subcommand's
+    ///
+    /// `database-locks man | man -l -` shows it; `database-locks man >
+    /// /usr/local/share/man/man1/database-locks.1` installs it. With SUBCOMMAND, the page
+    /// database-locks-SUBCOMMAND(1), with that subcommand's options. Needs no database.
+    Man(ManArgs),
 }
 
 /// How to take a lock: shared by `run` and `hold`.
@@ -219,6 +234,20 @@ pub struct ReleaseArgs {
     pub owner: Option<String>,
 }
 
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell to complete for
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
+}
+
+#[derive(Debug, Args)]
+pub struct ManArgs {
+    /// A subcommand whose page to print instead of the command's
+    #[arg(value_name = "SUBCOMMAND", value_parser = subcommand_name)]
+    pub subcommand: Option<String>,
+}
+
 /// A lease length: `None` never expires.
 #[derive(Debug, Clone, Copy)]
 pub struct Ttl(pub Option<Duration>);
@@ -228,6 +257,16 @@ fn non_empty(value: &str) -> Result<String, String> {
         Err("must not be empty".into())
     } else {
         Ok(value.to_owned())
+    }
+}
+
+fn subcommand_name(value: &str) -> Result<String, String> {
+    let cli = Cli::command();
+    let names: Vec<&str> = cli.get_subcommands().map(|sub| sub.get_name()).collect();
+    if names.contains(&value) {
+        Ok(value.to_owned())
+    } else {
+        Err(format!("not a subcommand; one of {}", names.join(", ")))
     }
 }
 

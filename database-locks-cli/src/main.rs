@@ -21,6 +21,7 @@ mod cli;
 mod exit;
 mod format;
 mod leader;
+mod manual;
 mod session;
 mod signals;
 
@@ -49,6 +50,15 @@ fn main() -> ExitCode {
         }
     }
     let cli = Cli::parse_from(raw);
+    // Nothing to do with a database: no configuration, no warning about its file.
+    let offline = match cli.command {
+        Command::Completions(ref args) => Some(manual::completions(args)),
+        Command::Man(ref args) => Some(manual::man(args)),
+        _ => None,
+    };
+    if let Some(outcome) = offline {
+        return finish(outcome, exit::ERROR);
+    }
     // Read the environment before any thread starts (see `load_config`).
     let config = load_config(cli.url.as_deref(), cli.connect_timeout);
     let lock_args = match &cli.command {
@@ -77,7 +87,13 @@ fn main() -> ExitCode {
         Command::Status(args) => (config.and_then(|c| admin::status(c, args)), exit::ERROR),
         Command::Release(args) => (config.and_then(|c| admin::release(c, args)), exit::ERROR),
         Command::Migrate => (config.and_then(admin::migrate), exit::ERROR),
+        Command::Completions(_) | Command::Man(_) => unreachable!("handled above"),
     };
+    finish(outcome, error_status)
+}
+
+/// Reports a failure and ends the process with the outcome's status.
+fn finish(outcome: Outcome, error_status: u8) -> ExitCode {
     let status = match outcome {
         Ok(status) => status,
         Err(failure) => {
@@ -132,6 +148,13 @@ impl Failure {
             message: message.into(),
             status: Some(status),
         }
+    }
+}
+
+impl Failure {
+    /// "`context`: `err`".
+    pub fn caused(context: impl std::fmt::Display, err: &dyn std::error::Error) -> Self {
+        Failure::from(format!("{context}: {err}"))
     }
 }
 
