@@ -148,7 +148,7 @@ pub fn list(config: Config, args: ListArgs) -> Outcome {
     } else {
         write_table(&mut out, &listing)
     };
-    written.map_err(|err| Failure::from(format!("cannot write the list: {err}")))?;
+    written.map_err(|err| Failure::caused("cannot write the list", &err))?;
     Ok(exit::OK)
 }
 

@@ -22,6 +22,7 @@ mod exit;
 mod format;
 mod leader;
 mod manual;
+mod report;
 mod session;
 mod signals;
 
@@ -97,7 +98,7 @@ fn finish(outcome: Outcome, error_status: u8) -> ExitCode {
     let status = match outcome {
         Ok(status) => status,
         Err(failure) => {
-            eprintln!("database-locks: {}", one_line(&failure.message));
+            report::error(&failure.message);
             failure.status.unwrap_or(error_status)
         }
     };
@@ -152,9 +153,9 @@ impl Failure {
 }
 
 impl Failure {
-    /// "`context`: `err`".
+    /// "`context`: `err`: its causes".
     pub fn caused(context: impl std::fmt::Display, err: &dyn std::error::Error) -> Self {
-        Failure::from(format!("{context}: {err}"))
+        Failure::from(format!("{context}: {}", report::chain(err)))
     }
 }
 
@@ -172,7 +173,7 @@ impl From<Error> for Failure {
                     "run `database-locks migrate`"
                 )
             ),
-            other => other.to_string(),
+            other => report::chain(&other),
         };
         Failure::from(message)
     }
@@ -265,16 +266,6 @@ fn sqlite_file(url: &str) -> Option<std::path::PathBuf> {
     Some(path.into())
 }
 
-/// Driver messages can span lines (libpq's "Is the server running..."): one line each.
-fn one_line(message: &str) -> String {
-    message
-        .lines()
-        .map(str::trim)
-        .filter(|line| !line.is_empty())
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -290,13 +281,5 @@ mod tests {
         assert_eq!(file("file:/abs/x.db#x").as_deref(), Some("/abs/x.db"));
         assert_eq!(file("postgres://u@h/db"), None);
         assert_eq!(file("mysql://u@h/db"), None);
-    }
-
-    #[test]
-    fn messages_become_one_line() {
-        assert_eq!(
-            one_line("connection refused\n\tIs the server running on host \"x\"?\n"),
-            "connection refused Is the server running on host \"x\"?"
-        );
     }
 }

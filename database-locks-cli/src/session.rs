@@ -15,8 +15,9 @@ use database_locks::{Config, LockGuard, Locks, LossCause, LostLock};
 
 use crate::child::{self, Child};
 use crate::cli::{HoldArgs, LockArgs, RunArgs, Ttl};
+use crate::report::{chain, one_line};
 use crate::signals::{self, Signal};
-use crate::{exit, format, one_line, Failure, Outcome};
+use crate::{exit, format, Failure, Outcome};
 
 #[derive(Debug)]
 pub enum Event {
@@ -65,7 +66,7 @@ pub enum Acquisition {
     Busy {
         message: Option<String>,
     },
-    Failed(String),
+    Failed(Failure),
 }
 
 /// How waiting for the lock ended, short of an error.
@@ -91,7 +92,7 @@ impl Session {
     pub fn start(config: Config) -> Result<Session, Failure> {
         let (sender, events) = mpsc::channel();
         signals::watch(sender.clone())
-            .map_err(|err| Failure::from(format!("cannot catch signals: {err}")))?;
+            .map_err(|err| Failure::caused("cannot catch signals", &err))?;
         Ok(Session {
             locks: Locks::new(config)?,
             events,
@@ -147,14 +148,14 @@ impl Session {
                     Ok(Err(err)) if err.is_contention() => Acquisition::Busy {
                         message: Some(err.to_string()),
                     },
-                    Ok(Err(err)) => Acquisition::Failed(err.to_string()),
-                    Err(_) => {
-                        Acquisition::Failed("internal error: acquiring the lock panicked".into())
-                    }
+                    Ok(Err(err)) => Acquisition::Failed(Failure::from(err)),
+                    Err(_) => Acquisition::Failed(Failure::from(
+                        "internal error: acquiring the lock panicked".to_owned(),
+                    )),
                 };
                 let _ = sender.send(Event::Acquired(acquisition));
             })
-            .map_err(|err| Failure::from(format!("cannot start a thread: {err}")))?;
+            .map_err(|err| Failure::caused("cannot start a thread", &err))?;
         self.wait_for_lock(&args.name)
     }
 
@@ -185,9 +186,9 @@ impl Session {
                     }
                     return Ok(Took::Busy);
                 }
-                Ok(Event::Acquired(Acquisition::Failed(message))) => {
+                Ok(Event::Acquired(Acquisition::Failed(failure))) => {
                     progress.clear();
-                    return Err(Failure::from(message));
+                    return Err(failure);
                 }
                 Ok(Event::Signal(signal)) if signal.interrupts() => {
                     progress.clear();
@@ -323,13 +324,15 @@ impl Session {
             Ok(()) => status,
             Err(err @ database_locks::Error::Lost { .. }) => {
                 warn(&format!(
-                    "{err}; the command ran without it for part of its run"
+                    "{}; the command ran without it for part of its run",
+                    chain(&err)
                 ));
                 exit::LOST
             }
             Err(err) => {
                 warn(&format!(
-                    "releasing the lock failed: {err}; it ends when its lease runs out"
+                    "releasing the lock failed: {}; it ends when its lease runs out",
+                    chain(&err)
                 ));
                 status
             }
@@ -532,7 +535,7 @@ pub fn hold(config: Config, args: HoldArgs) -> Outcome {
     match guard.release() {
         Ok(()) => Ok(status),
         Err(err @ database_locks::Error::Lost { .. }) => {
-            warn(&err.to_string());
+            warn(&chain(&err));
             Ok(exit::LOST)
         }
         Err(err) => Err(err.into()),
@@ -569,7 +572,7 @@ impl<'a> Progress<'a> {
                 format::expiry(info.expires_in)
             ),
             Ok(_) => "being released".into(),
-            Err(err) => format!("cannot see the holder: {}", one_line(&err.to_string())),
+            Err(err) => format!("cannot see the holder: {}", one_line(&chain(&err))),
         };
         let waited = format::seconds(started.elapsed().as_secs_f64());
         let mut err = std::io::stderr().lock();

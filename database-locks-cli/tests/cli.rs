@@ -770,3 +770,77 @@ fn without_a_url_the_tool_names_the_file_it_falls_back_to() {
     let quiet = db.run_at(&path, &["status", &name]).expect(1);
     assert_eq!(quiet.stderr, "", "{quiet:#?}");
 }
+
+/// The tool's own errors: one line, `database-locks: error: ` and the cause, without
+/// escape codes when stderr is not a terminal (here a pipe), whatever NO_COLOR says.
+#[cfg(feature = "sqlite")]
+#[test]
+fn errors_are_one_line_with_their_cause() {
+    let db = Db::sqlite();
+    let unreachable = db.path("no-such-dir/locks.sqlite3").display().to_string();
+    let failed = db
+        .run_at(
+            &unreachable,
+            &["--connect-timeout", "1", "run", "x", "--", "true"],
+        )
+        .expect(125);
+    assert_eq!(failed.stderr.lines().count(), 1, "{failed:#?}");
+    assert!(
+        failed
+            .stderr
+            .starts_with("database-locks: error: cannot connect to the lock database at "),
+        "{failed:#?}"
+    );
+    // The driver's reason, after the pool's.
+    assert!(
+        failed.stderr.contains(": unable to open database file"),
+        "{failed:#?}"
+    );
+    assert!(!failed.stderr.contains('\x1b'), "{failed:#?}");
+
+    let mut cmd = db.tool_without_url();
+    cmd.env_remove("NO_COLOR").env_remove("TERM");
+    cmd.args(["--url", &unreachable]);
+    let missing = common::Done::from_command(cmd, &["status", "x"]).expect(2);
+    assert_eq!(missing.stderr.lines().count(), 1, "{missing:#?}");
+    assert!(
+        missing
+            .stderr
+            .starts_with("database-locks: error: no lock database at "),
+        "{missing:#?}"
+    );
+    assert!(!missing.stderr.contains('\x1b'), "{missing:#?}");
+}
+
+/// On a terminal `error:` is red, unless NO_COLOR is set to something.
+#[cfg(feature = "sqlite")]
+#[test]
+fn errors_on_a_terminal_are_red_unless_no_color() {
+    let db = Db::sqlite();
+    let missing = db.path("missing.sqlite3").display().to_string();
+    for (no_color, red) in [(None, true), (Some(""), true), (Some("1"), false)] {
+        let mut pty = Pty::open();
+        let mut cmd = db.tool_without_url();
+        cmd.args(["--url", &missing, "status", "x"])
+            .env("TERM", "xterm");
+        match no_color {
+            Some(value) => cmd.env("NO_COLOR", value),
+            None => cmd.env_remove("NO_COLOR"),
+        };
+        pty.attach(&mut cmd);
+        let tool = Running::adopt(&["status", "x"], cmd.spawn().expect("the tool"));
+        pty.wait_for("no lock database at");
+        tool.finish().expect(2);
+        let shown = pty.output();
+        assert_eq!(
+            shown.contains("database-locks: \x1b[1;31merror:\x1b[0m no lock database at"),
+            red,
+            "NO_COLOR={no_color:?}: {shown:?}"
+        );
+        assert_eq!(
+            shown.contains('\x1b'),
+            red,
+            "NO_COLOR={no_color:?}: {shown:?}"
+        );
+    }
+}
