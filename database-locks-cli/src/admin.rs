@@ -268,7 +268,7 @@ pub fn release(config: Config, args: ReleaseArgs) -> Outcome {
                         "{name}: a live holder finds out at its next check: within {} for \
                          `database-locks run` (which then stops its command), at its next \
                          renewal for other holders",
-                        format::seconds(crate::session::CHECK_PERIOD.as_secs_f64())
+                        format::seconds(crate::check::CHECK_PERIOD.as_secs_f64())
                     );
                 }
                 Ok(exit::OK)

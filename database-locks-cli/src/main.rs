@@ -16,6 +16,7 @@
 compile_error!("the database-locks command supervises child processes with Unix signals; it builds on Unix only");
 
 mod admin;
+mod check;
 mod child;
 mod cli;
 mod exit;
