@@ -24,7 +24,17 @@ pub const CHECK_PERIOD: Duration = Duration::from_secs(1);
 /// end of the lease that the previous reads showed. Dropping the returned sender stops it.
 /// Errors are left to the library: its renewal retries and its watchdog reports a lease
 /// that could not be renewed in time.
-pub fn start(locks: &Locks, guard: &LockGuard, events: Sender<Event>) -> Option<Sender<()>> {
+///
+/// With `renewals`, also sends [`Event::Renewed`] when a read finds that the lease ends
+/// later than the previous read showed: the library renews without telling, and a lease
+/// that ends later with the same owner and token was renewed. Renewals less than a
+/// period apart show as one.
+pub fn start(
+    locks: &Locks,
+    guard: &LockGuard,
+    renewals: bool,
+    events: Sender<Event>,
+) -> Option<Sender<()>> {
     let (Some(owner), Some(token)) = (guard.locked_by(), guard.token()) else {
         return None;
     };
@@ -32,7 +42,7 @@ pub fn start(locks: &Locks, guard: &LockGuard, events: Sender<Event>) -> Option<
     let row = guard
         .permit()
         .map_or_else(|| guard.name().to_owned(), |p| p.row);
-    start_row(locks, &row, owner, token, events)
+    start_row(locks, &row, owner, token, renewals, events)
 }
 
 /// [`start`] for the row of `name` held as `owner` with `token`.
@@ -41,6 +51,7 @@ pub fn start_row(
     name: &str,
     owner: &str,
     token: u64,
+    renewals: bool,
     events: Sender<Event>,
 ) -> Option<Sender<()>> {
     let (locks, name, owner) = (locks.clone(), name.to_owned(), owner.to_owned());
@@ -48,6 +59,7 @@ pub fn start_row(
     let (stop, stopped) = mpsc::channel::<()>();
     let spawned = thread::Builder::new().name("check".into()).spawn(move || {
         let mut ends_by = None;
+        let mut last: Option<Expiry> = None;
         let mut wait = Duration::ZERO;
         while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(wait) {
             wait = CHECK_PERIOD;
@@ -60,6 +72,11 @@ pub fn start_row(
                         // The database computed `left` after `sent`: the lease ends no earlier.
                         Some(left) if left.is_finite() && left > 0.0 => {
                             ends_by = Some(sent + Duration::from_secs_f64(left));
+                            let expiry = Expiry::read(sent, Instant::now(), left);
+                            if renewals && last.is_some_and(|before| expiry.is_later(&before)) {
+                                let _ = events.send(Event::Renewed { expires_in: left });
+                            }
+                            last = Some(expiry);
                             continue;
                         }
                         // Expired but still ours: the library's watchdog reports it.
@@ -92,5 +109,57 @@ pub fn start_row(
             ));
             None
         }
+    }
+}
+
+/// Where the end of a lease lies on this host's monotonic clock, from one reading of the
+/// time it had left. The database computed `expires_at - now` at some instant between
+/// sending the statement and getting the answer, so the end is between `sent + left` and
+/// `answered + left`, however far the two clocks are apart. Two such readings are two
+/// absolute expiries: unlike the times left, they only move when the row is written.
+#[derive(Debug, Clone, Copy)]
+struct Expiry {
+    earliest: Instant,
+    latest: Instant,
+}
+
+impl Expiry {
+    /// What the databases' clocks and the conversion to seconds can blur: SQLite's
+    /// `julianday('now')` has milliseconds; clock rates may differ by a few hundred parts
+    /// per million. A renewal moves the end by ttl - margin, far more.
+    const BLUR: Duration = Duration::from_millis(5);
+
+    fn read(sent: Instant, answered: Instant, left: f64) -> Self {
+        let left = Duration::from_secs_f64(left);
+        Expiry {
+            earliest: sent + left,
+            latest: answered.max(sent) + left,
+        }
+    }
+
+    /// Whether the lease certainly ends later than `before` showed: it was renewed since.
+    fn is_later(&self, before: &Expiry) -> bool {
+        self.earliest > before.latest + Self::BLUR
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_an_end_that_moved_is_a_renewal() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let first = Expiry::read(t0, t0 + ms(3), 3.0);
+        // A second later, a second less left: the same end, read with other delays.
+        let same = Expiry::read(t0 + ms(1000), t0 + ms(1010), 2.0);
+        assert!(!same.is_later(&first));
+        let blurred = Expiry::read(t0 + ms(1000), t0 + ms(1001), 2.004);
+        assert!(!blurred.is_later(&first));
+        // Renewed by 1.5 s in between.
+        let renewed = Expiry::read(t0 + ms(1000), t0 + ms(1020), 3.5);
+        assert!(renewed.is_later(&first));
+        assert!(!first.is_later(&renewed));
     }
 }

@@ -156,6 +156,11 @@ pub struct RunArgs {
     #[arg(long, value_name = "S", default_value = "5", value_parser = seconds)]
     pub kill_after: Duration,
 
+    /// Say on stderr when the lock is acquired (with its fencing token and when the lease
+    /// ends), each renewal the once-a-second check sees, and the release
+    #[arg(long, short)]
+    pub verbose: bool,
+
     /// The command to run and its arguments (after `--` if they start with `-`)
     #[arg(required = true, trailing_var_arg = true, value_name = "COMMAND")]
     pub command: Vec<OsString>,

@@ -176,6 +176,7 @@ fn lead(
                 &term.name,
                 &term.locked_by,
                 term.token,
+                false,
                 session.sender.clone(),
             )
         })

@@ -26,6 +26,7 @@ mod manual;
 mod report;
 mod session;
 mod signals;
+mod verbose;
 
 use std::process::ExitCode;
 use std::time::Duration;

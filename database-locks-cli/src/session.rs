@@ -18,6 +18,7 @@ use crate::child::{self, Child};
 use crate::cli::{HoldArgs, LockArgs, RunArgs, Ttl};
 use crate::report::{chain, one_line};
 use crate::signals::{self, Signal};
+use crate::verbose;
 use crate::{exit, format, Failure, Outcome};
 
 #[derive(Debug)]
@@ -26,6 +27,11 @@ pub enum Event {
     Signal(Signal),
     Lost(Loss),
     ChildExited,
+    /// The tool's check found the lease renewed (`run -v`): it ends in `expires_in`
+    /// seconds by the database's clock.
+    Renewed {
+        expires_in: f64,
+    },
     /// A change of leadership (`leader`).
     Leader(crate::leader::Change),
 }
@@ -86,6 +92,8 @@ pub struct Session {
     pub lost_announced: bool,
     /// Changes of leadership that arrived while the command was being stopped.
     pub pending: std::collections::VecDeque<crate::leader::Change>,
+    /// `run -v`: the held lease as its lines name it.
+    pub verbose: Option<String>,
 }
 
 impl Session {
@@ -101,6 +109,7 @@ impl Session {
             lost: None,
             lost_announced: false,
             pending: Default::default(),
+            verbose: None,
         })
     }
 
@@ -206,7 +215,10 @@ impl Session {
                     return Ok(Took::Interrupted(signal));
                 }
                 // SIGUSR1, SIGUSR2: nobody to pass them to yet.
-                Ok(Event::Signal(_)) | Ok(Event::ChildExited) | Ok(Event::Leader(_)) => {}
+                Ok(Event::Signal(_))
+                | Ok(Event::ChildExited)
+                | Ok(Event::Renewed { .. })
+                | Ok(Event::Leader(_)) => {}
                 Ok(Event::Lost(lost)) => self.lost = Some(lost),
                 Err(RecvTimeoutError::Timeout) => progress.show(&self.locks, started),
                 Err(RecvTimeoutError::Disconnected) => {
@@ -249,6 +261,11 @@ impl Session {
                 Ok(Event::Lost(lost)) => {
                     self.lost = Some(lost);
                     return self.stop(child, kill_after);
+                }
+                Ok(Event::Renewed { expires_in }) => {
+                    if let Some(lease) = &self.verbose {
+                        note(&verbose::renewed(lease, expires_in));
+                    }
                 }
                 Ok(Event::Acquired(_)) | Ok(Event::Leader(_)) => {}
             }
@@ -322,7 +339,12 @@ impl Session {
             return exit::LOST;
         }
         match released {
-            Ok(()) => status,
+            Ok(()) => {
+                if let Some(lease) = &self.verbose {
+                    note(&verbose::released(lease));
+                }
+                status
+            }
             Err(err @ database_locks::Error::Lost { .. }) => {
                 warn(&format!(
                     "{}; the command ran without it for part of its run",
@@ -386,6 +408,12 @@ pub fn run(config: Config, args: RunArgs) -> Outcome {
             Vec::new()
         }
     };
+    if args.verbose {
+        session.verbose = verbose::lease(&guard);
+        if let Some(lease) = &session.verbose {
+            note(&verbose::acquired(&session.locks, &guard, lease));
+        }
+    }
     let child = match Child::spawn(&args.command, env, session.sender.clone()) {
         Ok(child) => child,
         Err(failure) => {
@@ -393,7 +421,7 @@ pub fn run(config: Config, args: RunArgs) -> Outcome {
             return Err(failure);
         }
     };
-    let check = check::start(&session.locks, &guard, session.sender.clone());
+    let check = check::start(&session.locks, &guard, args.verbose, session.sender.clone());
     session.supervise(&child, args.kill_after);
     drop(check);
     let status = match child.reap() {
@@ -515,6 +543,11 @@ impl<'a> Progress<'a> {
 
 pub fn warn(message: &str) {
     eprintln!("database-locks: {}", one_line(message));
+}
+
+/// A line of `run -v` on stderr: not a warning, but said the same way.
+pub fn note(message: &str) {
+    warn(message);
 }
 
 /// A line on stdout, flushed at once (whoever reads it may be waiting for it).

@@ -34,6 +34,7 @@ on_each_backend!(
     a_force_release_kills_a_command_that_ignores_sigterm_in_time,
     an_expiring_lease_kills_a_command_that_ignores_sigterm_in_time,
     the_command_dies_with_the_tool,
+    run_verbose_says_acquired_renewed_released,
 );
 
 /// Two `run`s started together: one command runs, the other waits (each tool's status
@@ -687,6 +688,49 @@ fn the_command_dies_with_the_tool(db: &Db) {
         // SAFETY: kill(2) has no memory-safety preconditions.
         unsafe { libc::kill(pid, libc::SIGKILL) };
     }
+}
+
+/// `run -v`: acquired with the fencing token and the lease's end, renewals, released with
+/// the same token. The command runs until the tool's stderr shows a renewal (the tool
+/// tells of one only when its check sees the row's end move), so nothing depends on how
+/// fast the machine is.
+fn run_verbose_says_acquired_renewed_released(db: &Db) {
+    let name = unique_name("verbose");
+    let err = db.path("verbose.err");
+    let script = format!(
+        "echo $DATABASE_LOCKS_TOKEN; n=0; until grep -q '^database-locks: renewed' '{}'; do \
+         n=$((n+1)); [ $n -gt 1200 ] && exit 9; sleep 0.05; done",
+        err.display()
+    );
+    let tool = db.spawn_with(
+        &["run", "-v", "--ttl", "3", &name, "--", "sh", "-c", &script],
+        |cmd| {
+            cmd.stderr(std::fs::File::create(&err).expect("stderr file"));
+        },
+    );
+    let done = tool.finish().expect(0);
+    let stderr = std::fs::read_to_string(&err).expect("stderr");
+    let token = done.stdout.trim();
+    assert!(token.parse::<u64>().is_ok(), "{done:#?}");
+    let lease = format!("lock {name:?} (token {token})");
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert!(lines.len() >= 3, "{stderr}");
+    let acquired = format!("database-locks: acquired {lease} as owner ");
+    assert!(lines[0].starts_with(&acquired), "{stderr}");
+    assert!(lines[0].contains("; the lease ends in "), "{stderr}");
+    let renewed = format!("database-locks: renewed {lease}; the lease now ends in ");
+    for line in &lines[1..lines.len() - 1] {
+        assert!(line.starts_with(&renewed), "{stderr}");
+    }
+    assert_eq!(
+        lines[lines.len() - 1],
+        format!("database-locks: released {lease}"),
+        "{stderr}"
+    );
+
+    // Without -v, nothing of that.
+    let quiet = db.run(&["run", &name, "--", "true"]).expect(0);
+    assert_eq!(quiet.stderr, "", "{quiet:#?}");
 }
 
 /// `list`, `status` and `release` on a SQLite file that does not exist say so and leave
