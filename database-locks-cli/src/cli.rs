@@ -217,12 +217,33 @@ pub struct ListArgs {
     /// JSON for scripts: {"locks": [{"name", "state", "locked_by", "expires_in", "token"}]}
     #[arg(long)]
     pub json: bool,
+
+    #[command(flatten)]
+    pub watch: WatchArgs,
 }
 
 #[derive(Debug, Args)]
 pub struct StatusArgs {
     /// The lock's name
     pub name: String,
+
+    #[command(flatten)]
+    pub watch: WatchArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct WatchArgs {
+    /// Again every S seconds [default: 2] until Ctrl-C: redrawn in place on a terminal,
+    /// else one snapshot per S seconds after a blank line. Exits with the last one's status
+    #[arg(
+        long,
+        value_name = "S",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "2",
+        value_parser = interval
+    )]
+    pub watch: Option<Duration>,
 }
 
 #[derive(Debug, Args)]
@@ -297,6 +318,14 @@ fn positive_seconds(value: &str) -> Result<Duration, String> {
     let duration = seconds(value)?;
     if duration.is_zero() {
         return Err("must be positive (use --try for a single attempt)".into());
+    }
+    Ok(duration)
+}
+
+fn interval(value: &str) -> Result<Duration, String> {
+    let duration = seconds(value)?;
+    if duration < Duration::from_millis(100) {
+        return Err("must be at least 0.1 (seconds)".into());
     }
     Ok(duration)
 }

@@ -27,6 +27,7 @@ mod report;
 mod session;
 mod signals;
 mod verbose;
+mod watch;
 
 use std::process::ExitCode;
 use std::time::Duration;

@@ -35,6 +35,8 @@ on_each_backend!(
     an_expiring_lease_kills_a_command_that_ignores_sigterm_in_time,
     the_command_dies_with_the_tool,
     run_verbose_says_acquired_renewed_released,
+    list_watch_prints_snapshots_until_sigterm,
+    status_watch_exits_with_the_last_status,
 );
 
 /// Two `run`s started together: one command runs, the other waits (each tool's status
@@ -731,6 +733,118 @@ fn run_verbose_says_acquired_renewed_released(db: &Db) {
     // Without -v, nothing of that.
     let quiet = db.run(&["run", &name, "--", "true"]).expect(0);
     assert_eq!(quiet.stderr, "", "{quiet:#?}");
+}
+
+/// The snapshots a `--watch` printed so far, off a terminal: separated by blank lines.
+/// The last one may still be being written.
+fn snapshots(tool: &Running) -> Vec<String> {
+    let out = tool.stdout();
+    out.split("\n\n").map(str::to_owned).collect()
+}
+
+/// `list --watch` off a terminal: a snapshot per interval after a blank line, no escape
+/// codes; a lock taken meanwhile shows up in a later one; SIGTERM ends it with 0.
+fn list_watch_prints_snapshots_until_sigterm(db: &Db) {
+    db.run(&["migrate"]).expect(0);
+    let name = unique_name("watch");
+    let watcher = db.spawn(&["list", "--watch=0.2"]);
+    // The first snapshot is whole once the second has begun.
+    assert!(
+        eventually(|| snapshots(&watcher).len() >= 2),
+        "no second snapshot: {:?}",
+        watcher.stdout()
+    );
+    let holder = db.spawn(&["hold", &name, "--duration", "600"]);
+    db.wait_held(&name);
+    // Snapshot `seen` was written after the lock was held, so the one after it was read
+    // after too; it is whole once one more has begun.
+    let seen = snapshots(&watcher).len();
+    assert!(
+        eventually(|| snapshots(&watcher).len() >= seen + 2),
+        "no more snapshots: {:?}",
+        watcher.stdout()
+    );
+    let all = snapshots(&watcher);
+    assert!(!all[0].contains(&name), "{all:#?}");
+    assert!(
+        all[0].starts_with("NAME") || all[0].starts_with("no locks"),
+        "{all:#?}"
+    );
+    let later = all[seen].lines().find(|line| line.starts_with(&name));
+    assert!(
+        later.is_some_and(|line| line.contains("held")),
+        "{name} not held in snapshot {seen}: {all:#?}"
+    );
+    watcher.signal(libc::SIGTERM);
+    let done = watcher.finish().expect(0);
+    assert!(!done.stdout.contains('\x1b'), "{done:#?}");
+    assert_eq!(done.stderr, "", "{done:#?}");
+    holder.signal(libc::SIGTERM);
+    holder.finish().expect(SIGTERM_STATUS);
+}
+
+/// `status --watch` ends on a signal with the status of its last snapshot: 0 while the
+/// lock is held, 1 once it is free.
+fn status_watch_exits_with_the_last_status(db: &Db) {
+    let name = unique_name("watch-status");
+    let holder = db.spawn(&["hold", &name, "--duration", "600"]);
+    db.wait_held(&name);
+    let watcher = db.spawn(&["status", "--watch=0.2", &name]);
+    assert!(
+        eventually(|| watcher.stdout().contains("held by")),
+        "{:?}",
+        watcher.stdout()
+    );
+    watcher.signal(libc::SIGINT);
+    watcher.finish().expect(0);
+
+    let watcher = db.spawn(&["status", "--watch=0.2", &name]);
+    assert!(
+        eventually(|| watcher.stdout().contains("held by")),
+        "{:?}",
+        watcher.stdout()
+    );
+    holder.signal(libc::SIGTERM);
+    holder.finish().expect(SIGTERM_STATUS);
+    // A snapshot that says free, and one after it (so the last one says free too).
+    assert!(
+        eventually(|| {
+            let all = snapshots(&watcher);
+            all.iter()
+                .position(|s| s.contains("free"))
+                .is_some_and(|i| i + 2 < all.len())
+        }),
+        "{:?}",
+        watcher.stdout()
+    );
+    watcher.signal(libc::SIGTERM);
+    let done = watcher.finish().expect(1);
+    assert!(
+        done.stdout.starts_with(&format!("{name}: held by")),
+        "{done:#?}"
+    );
+}
+
+/// On a terminal `list --watch` redraws in place (clear screen, a title line) and
+/// Ctrl-C ends it with 0.
+#[cfg(feature = "sqlite")]
+#[test]
+fn list_watch_redraws_on_a_terminal() {
+    let db = Db::sqlite();
+    db.run(&["migrate"]).expect(0);
+    let mut pty = Pty::open();
+    let mut cmd = db.tool();
+    cmd.args(["list", "--watch=0.2"]);
+    pty.attach(&mut cmd);
+    let tool = Running::adopt(&["list", "--watch"], cmd.spawn().expect("the tool"));
+    let redraw = "\x1b[H\x1b[2JEvery 0.2s: database-locks list";
+    assert!(
+        eventually(|| pty.output().matches(redraw).count() >= 2),
+        "{:?}",
+        pty.output()
+    );
+    pty.type_in(b"\x03");
+    tool.finish().expect(0);
 }
 
 /// `list`, `status` and `release` on a SQLite file that does not exist say so and leave
