@@ -35,21 +35,22 @@ struct SlotJson<'a> {
     lease: LockJson<'a>,
 }
 
-/// The rows of `list`: locks as they are, semaphores gathered from their rows.
-struct Listing<'a> {
-    locks: Vec<&'a LockInfo>,
-    semaphores: Vec<Semaphore<'a>>,
+/// The rows of `list` (and `metrics`): locks as they are, semaphores gathered from their
+/// rows.
+pub struct Listing<'a> {
+    pub locks: Vec<&'a LockInfo>,
+    pub semaphores: Vec<Semaphore<'a>>,
 }
 
-struct Semaphore<'a> {
-    name: &'a str,
-    permits: i64,
+pub struct Semaphore<'a> {
+    pub name: &'a str,
+    pub permits: i64,
     /// Held slots, by slot number.
-    held: Vec<(u32, &'a LockInfo)>,
+    pub held: Vec<(u32, &'a LockInfo)>,
 }
 
 impl<'a> Listing<'a> {
-    fn of(infos: &'a [LockInfo]) -> Self {
+    pub fn of(infos: &'a [LockInfo]) -> Self {
         let mut locks = Vec::new();
         let mut semaphores: std::collections::BTreeMap<&str, Semaphore<'a>> = Default::default();
         for info in infos {

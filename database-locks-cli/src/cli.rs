@@ -89,6 +89,17 @@ pub enum Command {
     /// Create the lock table, or add the `token` column to a table Django created
     Migrate,
 
+    /// The lock table's state for Prometheus (text format 0.0.4), e.g. for node-exporter's
+    /// textfile collector
+    ///
+    /// Gauges: database_locks_lock_held{name} (1 held, 0 not), database_locks_lock_expires_in_seconds{name}
+    /// (held locks; +Inf without expiry), database_locks_lock_token{name} (the fencing token),
+    /// database_locks_locks and database_locks_locks_held (totals, semaphores apart),
+    /// database_locks_semaphore_permits{name} and database_locks_semaphore_permits_held{name},
+    /// database_locks_scrape_timestamp_seconds (when it was read). From cron, every minute:
+    /// `database-locks metrics --output /var/lib/node_exporter/textfile/database_locks.prom`.
+    Metrics(MetricsArgs),
+
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
     ///
     /// bash: `database-locks completions bash > /etc/bash_completion.d/database-locks`
@@ -258,6 +269,14 @@ pub struct ReleaseArgs {
     /// Release the lock only if this owner id holds it
     #[arg(long, value_name = "ID", value_parser = non_empty)]
     pub owner: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct MetricsArgs {
+    /// Write them to FILE instead of stdout, atomically (written beside it, then renamed
+    /// over it), so that the textfile collector never reads half a file; name it *.prom
+    #[arg(long, short, value_name = "FILE")]
+    pub output: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Args)]

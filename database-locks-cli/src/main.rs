@@ -23,6 +23,7 @@ mod exit;
 mod format;
 mod leader;
 mod manual;
+mod metrics;
 mod report;
 mod session;
 mod signals;
@@ -91,6 +92,7 @@ fn main() -> ExitCode {
         Command::Status(args) => (config.and_then(|c| admin::status(c, args)), exit::ERROR),
         Command::Release(args) => (config.and_then(|c| admin::release(c, args)), exit::ERROR),
         Command::Migrate => (config.and_then(admin::migrate), exit::ERROR),
+        Command::Metrics(args) => (config.and_then(|c| metrics::metrics(c, args)), exit::ERROR),
         Command::Completions(_) | Command::Man(_) => unreachable!("handled above"),
     };
     finish(outcome, error_status)

@@ -4,7 +4,7 @@
 use std::process::{Command, Output, Stdio};
 
 /// The subcommands every script and page must know about.
-const SUBCOMMANDS: [&str; 9] = [
+const SUBCOMMANDS: [&str; 10] = [
     "run",
     "leader",
     "list",
@@ -12,6 +12,7 @@ const SUBCOMMANDS: [&str; 9] = [
     "hold",
     "release",
     "migrate",
+    "metrics",
     "completions",
     "man",
 ];
