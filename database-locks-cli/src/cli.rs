@@ -12,6 +12,9 @@ use clap::{Args, CommandFactory, Parser, Subcommand};
 /// directories mean two files that exclude nothing). The library's other variables apply too:
 /// DATABASE_LOCKS_DEFAULT_TTL, DATABASE_LOCKS_DEFAULT_TTL_RENEW, DATABASE_LOCKS_STATUS_FILE
 /// and DATABASE_LOCKS_ENABLED.
+///
+/// Errors are one line on stderr, `database-locks: error: ` and the message with its causes;
+/// `error:` is red on a terminal unless NO_COLOR is set.
 #[derive(Debug, Parser)]
 #[command(name = "database-locks", version, after_help = crate::exit::HELP)]
 pub struct Cli {
@@ -68,9 +71,15 @@ pub enum Command {
 
     /// Every lock: name, state (held, expired, released), owner, time left, token;
     /// semaphores as one entry with their holders
+    ///
+    /// With --watch, again every 2 seconds (--watch=S: every S) until Ctrl-C: redrawn in
+    /// place on a terminal, else each snapshot after a blank line.
     List(ListArgs),
 
     /// Whether a lock is held: exit 0 held, 1 free, 2 error; prints the owner and time left
+    ///
+    /// With --watch, again every 2 seconds (--watch=S: every S) until Ctrl-C, SIGTERM or
+    /// SIGHUP; the exit status is then the last snapshot's.
     Status(StatusArgs),
 
     /// Take the lock, hold it for --duration seconds, release it (the seed's db_lock_it)

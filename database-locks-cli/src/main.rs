@@ -6,9 +6,11 @@
 //! ```text
 //! database-locks run nightly-report --try -- ./report.sh   # cron on five hosts: runs once
 //! database-locks leader scheduler -- ./scheduler          # five hosts: one runs it at a time
-//! database-locks list                                      # who holds what
+//! database-locks list --watch                              # who holds what, redrawn every 2 s
 //! database-locks status nightly-report                     # exit 0 held, 1 free, 2 error
 //! database-locks release nightly-report --force            # clear a stuck lock
+//! database-locks metrics --output /var/lib/node_exporter/textfile/locks.prom  # Prometheus
+//! database-locks completions bash; database-locks man      # shell completion, manual page
 //! ```
 #![warn(missing_debug_implementations, rust_2018_idioms)]
 
