@@ -35,21 +35,22 @@ struct SlotJson<'a> {
     lease: LockJson<'a>,
 }
 
-/// The rows of `list`: locks as they are, semaphores gathered from their rows.
-struct Listing<'a> {
-    locks: Vec<&'a LockInfo>,
-    semaphores: Vec<Semaphore<'a>>,
+/// The rows of `list` (and `metrics`): locks as they are, semaphores gathered from their
+/// rows.
+pub struct Listing<'a> {
+    pub locks: Vec<&'a LockInfo>,
+    pub semaphores: Vec<Semaphore<'a>>,
 }
 
-struct Semaphore<'a> {
-    name: &'a str,
-    permits: i64,
+pub struct Semaphore<'a> {
+    pub name: &'a str,
+    pub permits: i64,
     /// Held slots, by slot number.
-    held: Vec<(u32, &'a LockInfo)>,
+    pub held: Vec<(u32, &'a LockInfo)>,
 }
 
 impl<'a> Listing<'a> {
-    fn of(infos: &'a [LockInfo]) -> Self {
+    pub fn of(infos: &'a [LockInfo]) -> Self {
         let mut locks = Vec::new();
         let mut semaphores: std::collections::BTreeMap<&str, Semaphore<'a>> = Default::default();
         for info in infos {
@@ -115,10 +116,28 @@ impl<'a> From<&'a LockInfo> for LockJson<'a> {
 
 pub fn list(config: Config, args: ListArgs) -> Outcome {
     let locks = admin_locks(config)?;
-    let infos = locks.list()?;
+    let snapshot = |page: &mut Vec<u8>| write_list(&locks, args.json, page);
+    match args.watch.watch {
+        Some(every) => crate::watch::watch(every, "database-locks list", snapshot),
+        None => print(snapshot),
+    }
+}
+
+/// Runs a snapshot once and prints it.
+fn print(snapshot: impl FnOnce(&mut Vec<u8>) -> Outcome) -> Outcome {
+    let mut page = Vec::new();
+    let status = snapshot(&mut page)?;
     let mut out = std::io::stdout().lock();
+    out.write_all(&page)
+        .and_then(|()| out.flush())
+        .map_err(|err| Failure::caused("cannot write to stdout", &err))?;
+    Ok(status)
+}
+
+fn write_list(locks: &Locks, json: bool, out: &mut Vec<u8>) -> Outcome {
+    let infos = locks.list()?;
     let listing = Listing::of(&infos);
-    let written = if args.json {
+    let written = if json {
         let json = ListJson {
             locks: listing
                 .locks
@@ -142,13 +161,13 @@ pub fn list(config: Config, args: ListArgs) -> Outcome {
                 })
                 .collect(),
         };
-        serde_json::to_writer_pretty(&mut out, &json)
+        serde_json::to_writer_pretty(&mut *out, &json)
             .map_err(std::io::Error::from)
             .and_then(|()| writeln!(out))
     } else {
-        write_table(&mut out, &listing)
+        write_table(out, &listing)
     };
-    written.map_err(|err| Failure::from(format!("cannot write the list: {err}")))?;
+    written.map_err(|err| Failure::caused("cannot write the list", &err))?;
     Ok(exit::OK)
 }
 
@@ -211,10 +230,19 @@ fn write_table(out: &mut impl Write, listing: &Listing<'_>) -> std::io::Result<(
 
 pub fn status(config: Config, args: StatusArgs) -> Outcome {
     let locks = admin_locks(config)?;
-    let info = locks.inspect(&args.name)?;
-    let (status, line) = describe(&args.name, info.as_ref());
-    println!("{line}");
-    Ok(status)
+    let snapshot = |page: &mut Vec<u8>| {
+        let info = locks.inspect(&args.name)?;
+        let (status, line) = describe(&args.name, info.as_ref());
+        page.extend_from_slice(format!("{line}\n").as_bytes());
+        Ok(status)
+    };
+    match args.watch.watch {
+        Some(every) => {
+            let title = format!("database-locks status {}", args.name);
+            crate::watch::watch(every, &title, snapshot)
+        }
+        None => print(snapshot),
+    }
 }
 
 /// The exit status and the line `status` prints.
@@ -268,7 +296,7 @@ pub fn release(config: Config, args: ReleaseArgs) -> Outcome {
                         "{name}: a live holder finds out at its next check: within {} for \
                          `database-locks run` (which then stops its command), at its next \
                          renewal for other holders",
-                        format::seconds(crate::session::CHECK_PERIOD.as_secs_f64())
+                        format::seconds(crate::check::CHECK_PERIOD.as_secs_f64())
                     );
                 }
                 Ok(exit::OK)

@@ -59,7 +59,8 @@ impl Child {
                 _ if err.raw_os_error() == Some(libc::ENOEXEC) => exit::CANNOT_EXECUTE,
                 _ => exit::RUN_ERROR,
             };
-            Failure::with_status(status, format!("cannot run {shown}: {err}"))
+            let why = crate::report::chain(&err);
+            Failure::with_status(status, format!("cannot run {shown}: {why}"))
         })?;
         let mut child = Child {
             pid: libc::pid_t::try_from(process.id()).unwrap_or(libc::pid_t::MAX),

@@ -12,6 +12,9 @@ use clap::{Args, CommandFactory, Parser, Subcommand};
 /// directories mean two files that exclude nothing). The library's other variables apply too:
 /// DATABASE_LOCKS_DEFAULT_TTL, DATABASE_LOCKS_DEFAULT_TTL_RENEW, DATABASE_LOCKS_STATUS_FILE
 /// and DATABASE_LOCKS_ENABLED.
+///
+/// Errors are one line on stderr, `database-locks: error: ` and the message with its causes;
+/// `error:` is red on a terminal unless NO_COLOR is set.
 #[derive(Debug, Parser)]
 #[command(name = "database-locks", version, after_help = crate::exit::HELP)]
 pub struct Cli {
@@ -68,9 +71,15 @@ pub enum Command {
 
     /// Every lock: name, state (held, expired, released), owner, time left, token;
     /// semaphores as one entry with their holders
+    ///
+    /// With --watch, again every 2 seconds (--watch=S: every S) until Ctrl-C: redrawn in
+    /// place on a terminal, else each snapshot after a blank line.
     List(ListArgs),
 
     /// Whether a lock is held: exit 0 held, 1 free, 2 error; prints the owner and time left
+    ///
+    /// With --watch, again every 2 seconds (--watch=S: every S) until Ctrl-C, SIGTERM or
+    /// SIGHUP; the exit status is then the last snapshot's.
     Status(StatusArgs),
 
     /// Take the lock, hold it for --duration seconds, release it (the seed's db_lock_it)
@@ -88,6 +97,32 @@ pub enum Command {
 
     /// Create the lock table, or add the `token` column to a table Django created
     Migrate,
+
+    /// The lock table's state for Prometheus (text format 0.0.4), e.g. for node-exporter's
+    /// textfile collector
+    ///
+    /// Gauges: database_locks_lock_held{name} (1 held, 0 not), database_locks_lock_expires_in_seconds{name}
+    /// (held locks; +Inf without expiry), database_locks_lock_token{name} (the fencing token),
+    /// database_locks_locks and database_locks_locks_held (totals, semaphores apart),
+    /// database_locks_semaphore_permits{name} and database_locks_semaphore_permits_held{name},
+    /// database_locks_scrape_timestamp_seconds (when it was read). From cron, every minute:
+    /// `database-locks metrics --output /var/lib/node_exporter/textfile/database_locks.prom`.
+    Metrics(MetricsArgs),
+
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
+    ///
+    /// bash: `database-locks completions bash > /etc/bash_completion.d/database-locks`
+    /// (or `source <(database-locks completions bash)` in ~/.bashrc); zsh: save it as
+    /// `_database-locks` in a directory of $fpath; fish: save it as
+    /// ~/.config/fish/completions/database-locks.fish. Needs no database.
+    Completions(CompletionsArgs),
+
+    /// Print the manual page (roff), or a subcommand's
+    ///
+    /// `database-locks man | man -l -` shows it; `database-locks man >
+    /// /usr/local/share/man/man1/database-locks.1` installs it. With SUBCOMMAND, the page
+    /// database-locks-SUBCOMMAND(1), with that subcommand's options. Needs no database.
+    Man(ManArgs),
 }
 
 /// How to take a lock: shared by `run` and `hold`.
@@ -140,6 +175,11 @@ pub struct RunArgs {
     /// that COMMAND is dead before the lease ends
     #[arg(long, value_name = "S", default_value = "5", value_parser = seconds)]
     pub kill_after: Duration,
+
+    /// Say on stderr when the lock is acquired (with its fencing token and when the lease
+    /// ends), each renewal the once-a-second check sees, and the release
+    #[arg(long, short)]
+    pub verbose: bool,
 
     /// The command to run and its arguments (after `--` if they start with `-`)
     #[arg(required = true, trailing_var_arg = true, value_name = "COMMAND")]
@@ -197,12 +237,33 @@ pub struct ListArgs {
     /// JSON for scripts: {"locks": [{"name", "state", "locked_by", "expires_in", "token"}]}
     #[arg(long)]
     pub json: bool,
+
+    #[command(flatten)]
+    pub watch: WatchArgs,
 }
 
 #[derive(Debug, Args)]
 pub struct StatusArgs {
     /// The lock's name
     pub name: String,
+
+    #[command(flatten)]
+    pub watch: WatchArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct WatchArgs {
+    /// Again every S seconds [default: 2] until Ctrl-C: redrawn in place on a terminal,
+    /// else one snapshot per S seconds after a blank line. Exits with the last one's status
+    #[arg(
+        long,
+        value_name = "S",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "2",
+        value_parser = interval
+    )]
+    pub watch: Option<Duration>,
 }
 
 #[derive(Debug, Args)]
@@ -219,6 +280,28 @@ pub struct ReleaseArgs {
     pub owner: Option<String>,
 }
 
+#[derive(Debug, Args)]
+pub struct MetricsArgs {
+    /// Write them to FILE instead of stdout, atomically (written beside it, then renamed
+    /// over it), so that the textfile collector never reads half a file; name it *.prom
+    #[arg(long, short, value_name = "FILE")]
+    pub output: Option<std::path::PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell to complete for
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
+}
+
+#[derive(Debug, Args)]
+pub struct ManArgs {
+    /// A subcommand whose page to print instead of the command's
+    #[arg(value_name = "SUBCOMMAND", value_parser = subcommand_name)]
+    pub subcommand: Option<String>,
+}
+
 /// A lease length: `None` never expires.
 #[derive(Debug, Clone, Copy)]
 pub struct Ttl(pub Option<Duration>);
@@ -228,6 +311,16 @@ fn non_empty(value: &str) -> Result<String, String> {
         Err("must not be empty".into())
     } else {
         Ok(value.to_owned())
+    }
+}
+
+fn subcommand_name(value: &str) -> Result<String, String> {
+    let cli = Cli::command();
+    let names: Vec<&str> = cli.get_subcommands().map(|sub| sub.get_name()).collect();
+    if names.contains(&value) {
+        Ok(value.to_owned())
+    } else {
+        Err(format!("not a subcommand; one of {}", names.join(", ")))
     }
 }
 
@@ -253,6 +346,14 @@ fn positive_seconds(value: &str) -> Result<Duration, String> {
     let duration = seconds(value)?;
     if duration.is_zero() {
         return Err("must be positive (use --try for a single attempt)".into());
+    }
+    Ok(duration)
+}
+
+fn interval(value: &str) -> Result<Duration, String> {
+    let duration = seconds(value)?;
+    if duration < Duration::from_millis(100) {
+        return Err("must be at least 0.1 (seconds)".into());
     }
     Ok(duration)
 }

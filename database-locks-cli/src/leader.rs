@@ -10,9 +10,10 @@ use std::time::{Duration, Instant};
 
 use database_locks::{Config, Demotion, DemotionCause, Leader, Term};
 
+use crate::check;
 use crate::child::{self, Child};
 use crate::cli::LeaderArgs;
-use crate::session::{pass_on, start_row_check, warn, Event, Loss, Session};
+use crate::session::{pass_on, warn, Event, Loss, Session};
 use crate::signals;
 use crate::{exit, Outcome};
 
@@ -170,11 +171,12 @@ fn lead(
     };
     let check = (term.token != 0)
         .then(|| {
-            start_row_check(
+            check::start_row(
                 &session.locks,
                 &term.name,
                 &term.locked_by,
                 term.token,
+                false,
                 session.sender.clone(),
             )
         })

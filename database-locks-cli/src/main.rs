@@ -6,9 +6,11 @@
 //! ```text
 //! database-locks run nightly-report --try -- ./report.sh   # cron on five hosts: runs once
 //! database-locks leader scheduler -- ./scheduler          # five hosts: one runs it at a time
-//! database-locks list                                      # who holds what
+//! database-locks list --watch                              # who holds what, redrawn every 2 s
 //! database-locks status nightly-report                     # exit 0 held, 1 free, 2 error
 //! database-locks release nightly-report --force            # clear a stuck lock
+//! database-locks metrics --output /var/lib/node_exporter/textfile/locks.prom  # Prometheus
+//! database-locks completions bash; database-locks man      # shell completion, manual page
 //! ```
 #![warn(missing_debug_implementations, rust_2018_idioms)]
 
@@ -16,13 +18,19 @@
 compile_error!("the database-locks command supervises child processes with Unix signals; it builds on Unix only");
 
 mod admin;
+mod check;
 mod child;
 mod cli;
 mod exit;
 mod format;
 mod leader;
+mod manual;
+mod metrics;
+mod report;
 mod session;
 mod signals;
+mod verbose;
+mod watch;
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -49,6 +57,15 @@ fn main() -> ExitCode {
         }
     }
     let cli = Cli::parse_from(raw);
+    // Nothing to do with a database: no configuration, no warning about its file.
+    let offline = match cli.command {
+        Command::Completions(ref args) => Some(manual::completions(args)),
+        Command::Man(ref args) => Some(manual::man(args)),
+        _ => None,
+    };
+    if let Some(outcome) = offline {
+        return finish(outcome, exit::ERROR);
+    }
     // Read the environment before any thread starts (see `load_config`).
     let config = load_config(cli.url.as_deref(), cli.connect_timeout);
     let lock_args = match &cli.command {
@@ -77,11 +94,18 @@ fn main() -> ExitCode {
         Command::Status(args) => (config.and_then(|c| admin::status(c, args)), exit::ERROR),
         Command::Release(args) => (config.and_then(|c| admin::release(c, args)), exit::ERROR),
         Command::Migrate => (config.and_then(admin::migrate), exit::ERROR),
+        Command::Metrics(args) => (config.and_then(|c| metrics::metrics(c, args)), exit::ERROR),
+        Command::Completions(_) | Command::Man(_) => unreachable!("handled above"),
     };
+    finish(outcome, error_status)
+}
+
+/// Reports a failure and ends the process with the outcome's status.
+fn finish(outcome: Outcome, error_status: u8) -> ExitCode {
     let status = match outcome {
         Ok(status) => status,
         Err(failure) => {
-            eprintln!("database-locks: {}", one_line(&failure.message));
+            report::error(&failure.message);
             failure.status.unwrap_or(error_status)
         }
     };
@@ -135,6 +159,13 @@ impl Failure {
     }
 }
 
+impl Failure {
+    /// "`context`: `err`: its causes".
+    pub fn caused(context: impl std::fmt::Display, err: &dyn std::error::Error) -> Self {
+        Failure::from(format!("{context}: {}", report::chain(err)))
+    }
+}
+
 impl From<Error> for Failure {
     fn from(err: Error) -> Self {
         // The library's advice names its API; say what to do with this tool instead.
@@ -149,7 +180,7 @@ impl From<Error> for Failure {
                     "run `database-locks migrate`"
                 )
             ),
-            other => other.to_string(),
+            other => report::chain(&other),
         };
         Failure::from(message)
     }
@@ -242,16 +273,6 @@ fn sqlite_file(url: &str) -> Option<std::path::PathBuf> {
     Some(path.into())
 }
 
-/// Driver messages can span lines (libpq's "Is the server running..."): one line each.
-fn one_line(message: &str) -> String {
-    message
-        .lines()
-        .map(str::trim)
-        .filter(|line| !line.is_empty())
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -267,13 +288,5 @@ mod tests {
         assert_eq!(file("file:/abs/x.db#x").as_deref(), Some("/abs/x.db"));
         assert_eq!(file("postgres://u@h/db"), None);
         assert_eq!(file("mysql://u@h/db"), None);
-    }
-
-    #[test]
-    fn messages_become_one_line() {
-        assert_eq!(
-            one_line("connection refused\n\tIs the server running on host \"x\"?\n"),
-            "connection refused Is the server running on host \"x\"?"
-        );
     }
 }

@@ -13,10 +13,13 @@ use std::time::{Duration, Instant};
 
 use database_locks::{Config, LockGuard, Locks, LossCause, LostLock};
 
+use crate::check;
 use crate::child::{self, Child};
 use crate::cli::{HoldArgs, LockArgs, RunArgs, Ttl};
+use crate::report::{chain, one_line};
 use crate::signals::{self, Signal};
-use crate::{exit, format, one_line, Failure, Outcome};
+use crate::verbose;
+use crate::{exit, format, Failure, Outcome};
 
 #[derive(Debug)]
 pub enum Event {
@@ -24,6 +27,11 @@ pub enum Event {
     Signal(Signal),
     Lost(Loss),
     ChildExited,
+    /// The tool's check found the lease renewed (`run -v`): it ends in `expires_in`
+    /// seconds by the database's clock.
+    Renewed {
+        expires_in: f64,
+    },
     /// A change of leadership (`leader`).
     Leader(crate::leader::Change),
 }
@@ -32,10 +40,10 @@ pub enum Event {
 #[derive(Debug)]
 pub struct Loss {
     /// What happened, for the one line the tool prints.
-    message: String,
+    pub message: String,
     /// The earliest moment the lost lease may end by the database's clock: the command
     /// must be dead by then. `None`: unknown, or a lease without expiry.
-    ends_by: Option<Instant>,
+    pub ends_by: Option<Instant>,
 }
 
 impl From<&LostLock> for Loss {
@@ -65,7 +73,7 @@ pub enum Acquisition {
     Busy {
         message: Option<String>,
     },
-    Failed(String),
+    Failed(Failure),
 }
 
 /// How waiting for the lock ended, short of an error.
@@ -84,6 +92,8 @@ pub struct Session {
     pub lost_announced: bool,
     /// Changes of leadership that arrived while the command was being stopped.
     pub pending: std::collections::VecDeque<crate::leader::Change>,
+    /// `run -v`: the held lease as its lines name it.
+    pub verbose: Option<String>,
 }
 
 impl Session {
@@ -91,7 +101,7 @@ impl Session {
     pub fn start(config: Config) -> Result<Session, Failure> {
         let (sender, events) = mpsc::channel();
         signals::watch(sender.clone())
-            .map_err(|err| Failure::from(format!("cannot catch signals: {err}")))?;
+            .map_err(|err| Failure::caused("cannot catch signals", &err))?;
         Ok(Session {
             locks: Locks::new(config)?,
             events,
@@ -99,6 +109,7 @@ impl Session {
             lost: None,
             lost_announced: false,
             pending: Default::default(),
+            verbose: None,
         })
     }
 
@@ -147,14 +158,14 @@ impl Session {
                     Ok(Err(err)) if err.is_contention() => Acquisition::Busy {
                         message: Some(err.to_string()),
                     },
-                    Ok(Err(err)) => Acquisition::Failed(err.to_string()),
-                    Err(_) => {
-                        Acquisition::Failed("internal error: acquiring the lock panicked".into())
-                    }
+                    Ok(Err(err)) => Acquisition::Failed(Failure::from(err)),
+                    Err(_) => Acquisition::Failed(Failure::from(
+                        "internal error: acquiring the lock panicked".to_owned(),
+                    )),
                 };
                 let _ = sender.send(Event::Acquired(acquisition));
             })
-            .map_err(|err| Failure::from(format!("cannot start a thread: {err}")))?;
+            .map_err(|err| Failure::caused("cannot start a thread", &err))?;
         self.wait_for_lock(&args.name)
     }
 
@@ -185,9 +196,9 @@ impl Session {
                     }
                     return Ok(Took::Busy);
                 }
-                Ok(Event::Acquired(Acquisition::Failed(message))) => {
+                Ok(Event::Acquired(Acquisition::Failed(failure))) => {
                     progress.clear();
-                    return Err(Failure::from(message));
+                    return Err(failure);
                 }
                 Ok(Event::Signal(signal)) if signal.interrupts() => {
                     progress.clear();
@@ -204,7 +215,10 @@ impl Session {
                     return Ok(Took::Interrupted(signal));
                 }
                 // SIGUSR1, SIGUSR2: nobody to pass them to yet.
-                Ok(Event::Signal(_)) | Ok(Event::ChildExited) | Ok(Event::Leader(_)) => {}
+                Ok(Event::Signal(_))
+                | Ok(Event::ChildExited)
+                | Ok(Event::Renewed { .. })
+                | Ok(Event::Leader(_)) => {}
                 Ok(Event::Lost(lost)) => self.lost = Some(lost),
                 Err(RecvTimeoutError::Timeout) => progress.show(&self.locks, started),
                 Err(RecvTimeoutError::Disconnected) => {
@@ -247,6 +261,11 @@ impl Session {
                 Ok(Event::Lost(lost)) => {
                     self.lost = Some(lost);
                     return self.stop(child, kill_after);
+                }
+                Ok(Event::Renewed { expires_in }) => {
+                    if let Some(lease) = &self.verbose {
+                        note(&verbose::renewed(lease, expires_in));
+                    }
                 }
                 Ok(Event::Acquired(_)) | Ok(Event::Leader(_)) => {}
             }
@@ -320,16 +339,23 @@ impl Session {
             return exit::LOST;
         }
         match released {
-            Ok(()) => status,
+            Ok(()) => {
+                if let Some(lease) = &self.verbose {
+                    note(&verbose::released(lease));
+                }
+                status
+            }
             Err(err @ database_locks::Error::Lost { .. }) => {
                 warn(&format!(
-                    "{err}; the command ran without it for part of its run"
+                    "{}; the command ran without it for part of its run",
+                    chain(&err)
                 ));
                 exit::LOST
             }
             Err(err) => {
                 warn(&format!(
-                    "releasing the lock failed: {err}; it ends when its lease runs out"
+                    "releasing the lock failed: {}; it ends when its lease runs out",
+                    chain(&err)
                 ));
                 status
             }
@@ -348,90 +374,6 @@ fn kill_deadline(now: Instant, kill_after: Duration, ends_by: Option<Instant>) -
     match ends_by {
         Some(end) => wanted.min(now + end.saturating_duration_since(now) / 2),
         None => wanted,
-    }
-}
-
-/// How often `run` reads its row to see that the lock is still its own. The renewal
-/// finds a force release too, but only every ttl - margin (8 s with the defaults), and a
-/// lock with `--ttl none` is never renewed. One indexed single-row SELECT per second per
-/// running command (a renewal is one UPDATE per 8 s): a thousand `run`s cost the database
-/// a thousand primary-key reads per second, a small part of what one core serves.
-pub const CHECK_PERIOD: Duration = Duration::from_secs(1);
-
-/// Reads the lock's row at once and then every [`CHECK_PERIOD`], on a thread of its own
-/// (a statement can hang on a dead connection). When the row is no longer this guard's
-/// (force-released, or another owner or token), sends [`Event::Lost`] with the earliest
-/// end of the lease that the previous reads showed. Dropping the returned sender stops it.
-/// Errors are left to the library: its renewal retries and its watchdog reports a lease
-/// that could not be renewed in time.
-fn start_check(locks: &Locks, guard: &LockGuard, events: Sender<Event>) -> Option<Sender<()>> {
-    let (Some(owner), Some(token)) = (guard.locked_by(), guard.token()) else {
-        return None;
-    };
-    // A permit's lease is its slot's row.
-    let row = guard
-        .permit()
-        .map_or_else(|| guard.name().to_owned(), |p| p.row);
-    start_row_check(locks, &row, owner, token, events)
-}
-
-/// [`start_check`] for the row of `name` held as `owner` with `token`.
-pub fn start_row_check(
-    locks: &Locks,
-    name: &str,
-    owner: &str,
-    token: u64,
-    events: Sender<Event>,
-) -> Option<Sender<()>> {
-    let (locks, name, owner) = (locks.clone(), name.to_owned(), owner.to_owned());
-    let token = i64::try_from(token).unwrap_or(i64::MAX);
-    let (stop, stopped) = mpsc::channel::<()>();
-    let spawned = thread::Builder::new().name("check".into()).spawn(move || {
-        let mut ends_by = None;
-        let mut wait = Duration::ZERO;
-        while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(wait) {
-            wait = CHECK_PERIOD;
-            let sent = Instant::now();
-            let what = match locks.inspect(&name) {
-                Ok(Some(info))
-                    if info.locked_by.as_deref() == Some(&owner) && info.token == token =>
-                {
-                    match info.expires_in {
-                        // The database computed `left` after `sent`: the lease ends no earlier.
-                        Some(left) if left.is_finite() && left > 0.0 => {
-                            ends_by = Some(sent + Duration::from_secs_f64(left));
-                            continue;
-                        }
-                        // Expired but still ours: the library's watchdog reports it.
-                        Some(_) => continue,
-                        None => "it was released by another process (release --force)".to_owned(),
-                    }
-                }
-                Ok(Some(info)) => format!(
-                    "the row now carries owner {:?}, token {}",
-                    info.locked_by.as_deref().unwrap_or("?"),
-                    info.token
-                ),
-                Ok(None) => "its row was deleted".to_owned(),
-                Err(_) => continue,
-            };
-            let message = format!(
-                "lock {name:?} (owner {owner:?}, token {token}) was lost: {what} \
-                 (seen by the tool's check, every {})",
-                format::seconds(CHECK_PERIOD.as_secs_f64())
-            );
-            let _ = events.send(Event::Lost(Loss { message, ends_by }));
-            return;
-        }
-    });
-    match spawned {
-        Ok(_) => Some(stop),
-        Err(err) => {
-            warn(&format!(
-                "cannot start a thread to check the lock ({err}); a force release is seen at the next renewal"
-            ));
-            None
-        }
     }
 }
 
@@ -466,6 +408,12 @@ pub fn run(config: Config, args: RunArgs) -> Outcome {
             Vec::new()
         }
     };
+    if args.verbose {
+        session.verbose = verbose::lease(&guard);
+        if let Some(lease) = &session.verbose {
+            note(&verbose::acquired(&session.locks, &guard, lease));
+        }
+    }
     let child = match Child::spawn(&args.command, env, session.sender.clone()) {
         Ok(child) => child,
         Err(failure) => {
@@ -473,7 +421,7 @@ pub fn run(config: Config, args: RunArgs) -> Outcome {
             return Err(failure);
         }
     };
-    let check = start_check(&session.locks, &guard, session.sender.clone());
+    let check = check::start(&session.locks, &guard, args.verbose, session.sender.clone());
     session.supervise(&child, args.kill_after);
     drop(check);
     let status = match child.reap() {
@@ -532,7 +480,7 @@ pub fn hold(config: Config, args: HoldArgs) -> Outcome {
     match guard.release() {
         Ok(()) => Ok(status),
         Err(err @ database_locks::Error::Lost { .. }) => {
-            warn(&err.to_string());
+            warn(&chain(&err));
             Ok(exit::LOST)
         }
         Err(err) => Err(err.into()),
@@ -569,7 +517,7 @@ impl<'a> Progress<'a> {
                 format::expiry(info.expires_in)
             ),
             Ok(_) => "being released".into(),
-            Err(err) => format!("cannot see the holder: {}", one_line(&err.to_string())),
+            Err(err) => format!("cannot see the holder: {}", one_line(&chain(&err))),
         };
         let waited = format::seconds(started.elapsed().as_secs_f64());
         let mut err = std::io::stderr().lock();
@@ -595,6 +543,11 @@ impl<'a> Progress<'a> {
 
 pub fn warn(message: &str) {
     eprintln!("database-locks: {}", one_line(message));
+}
+
+/// A line of `run -v` on stderr: not a warning, but said the same way.
+pub fn note(message: &str) {
+    warn(message);
 }
 
 /// A line on stdout, flushed at once (whoever reads it may be waiting for it).

@@ -2,7 +2,7 @@
 //! (signal-hook's iterator: the handler only writes to a pipe, the thread does the rest).
 
 use std::io;
-use std::sync::mpsc::Sender;
+use std::sync::mpsc::{self, Receiver, Sender};
 use std::thread;
 
 use signal_hook::consts::signal::{SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1, SIGUSR2};
@@ -50,6 +50,23 @@ pub fn watch(events: Sender<Event>) -> io::Result<()> {
             }
         })?;
     Ok(())
+}
+
+/// The signals that end a `--watch`, each delivered on the returned channel; they no
+/// longer end the tool by themselves.
+pub fn ending() -> io::Result<Receiver<i32>> {
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP])?;
+    let (sender, receiver) = mpsc::channel();
+    thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            for signal in signals.forever() {
+                if sender.send(signal).is_err() {
+                    break;
+                }
+            }
+        })?;
+    Ok(receiver)
 }
 
 /// The signal's name, for messages.

@@ -34,6 +34,10 @@ on_each_backend!(
     a_force_release_kills_a_command_that_ignores_sigterm_in_time,
     an_expiring_lease_kills_a_command_that_ignores_sigterm_in_time,
     the_command_dies_with_the_tool,
+    run_verbose_says_acquired_renewed_released,
+    list_watch_prints_snapshots_until_sigterm,
+    status_watch_exits_with_the_last_status,
+    metrics_expose_the_table_for_prometheus,
 );
 
 /// Two `run`s started together: one command runs, the other waits (each tool's status
@@ -689,6 +693,432 @@ fn the_command_dies_with_the_tool(db: &Db) {
     }
 }
 
+/// `run -v`: acquired with the fencing token and the lease's end, renewals, released with
+/// the same token. The command runs until the tool's stderr shows a renewal (the tool
+/// tells of one only when its check sees the row's end move), so nothing depends on how
+/// fast the machine is.
+fn run_verbose_says_acquired_renewed_released(db: &Db) {
+    let name = unique_name("verbose");
+    let err = db.path("verbose.err");
+    let script = format!(
+        "echo $DATABASE_LOCKS_TOKEN; n=0; until grep -q '^database-locks: renewed' '{}'; do \
+         n=$((n+1)); [ $n -gt 1200 ] && exit 9; sleep 0.05; done",
+        err.display()
+    );
+    let tool = db.spawn_with(
+        &["run", "-v", "--ttl", "3", &name, "--", "sh", "-c", &script],
+        |cmd| {
+            cmd.stderr(std::fs::File::create(&err).expect("stderr file"));
+        },
+    );
+    let done = tool.finish().expect(0);
+    let stderr = std::fs::read_to_string(&err).expect("stderr");
+    let token = done.stdout.trim();
+    assert!(token.parse::<u64>().is_ok(), "{done:#?}");
+    let lease = format!("lock {name:?} (token {token})");
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert!(lines.len() >= 3, "{stderr}");
+    let acquired = format!("database-locks: acquired {lease} as owner ");
+    assert!(lines[0].starts_with(&acquired), "{stderr}");
+    assert!(lines[0].contains("; the lease ends in "), "{stderr}");
+    let renewed = format!("database-locks: renewed {lease}; the lease now ends in ");
+    for line in &lines[1..lines.len() - 1] {
+        assert!(line.starts_with(&renewed), "{stderr}");
+    }
+    assert_eq!(
+        lines[lines.len() - 1],
+        format!("database-locks: released {lease}"),
+        "{stderr}"
+    );
+
+    // Without -v, nothing of that.
+    let quiet = db.run(&["run", &name, "--", "true"]).expect(0);
+    assert_eq!(quiet.stderr, "", "{quiet:#?}");
+}
+
+/// The snapshots a `--watch` printed so far, off a terminal: separated by blank lines.
+/// The last one may still be being written.
+fn snapshots(tool: &Running) -> Vec<String> {
+    let out = tool.stdout();
+    out.split("\n\n").map(str::to_owned).collect()
+}
+
+/// `list --watch` off a terminal: a snapshot per interval after a blank line, no escape
+/// codes; a lock taken meanwhile shows up in a later one; SIGTERM ends it with 0.
+fn list_watch_prints_snapshots_until_sigterm(db: &Db) {
+    db.run(&["migrate"]).expect(0);
+    let name = unique_name("watch");
+    let watcher = db.spawn(&["list", "--watch=0.2"]);
+    // The first snapshot is whole once the second has begun.
+    assert!(
+        eventually(|| snapshots(&watcher).len() >= 2),
+        "no second snapshot: {:?}",
+        watcher.stdout()
+    );
+    let holder = db.spawn(&["hold", &name, "--duration", "600"]);
+    db.wait_held(&name);
+    // Snapshot `seen` was written after the lock was held, so the one after it was read
+    // after too; it is whole once one more has begun.
+    let seen = snapshots(&watcher).len();
+    assert!(
+        eventually(|| snapshots(&watcher).len() >= seen + 2),
+        "no more snapshots: {:?}",
+        watcher.stdout()
+    );
+    let all = snapshots(&watcher);
+    assert!(!all[0].contains(&name), "{all:#?}");
+    assert!(
+        all[0].starts_with("NAME") || all[0].starts_with("no locks"),
+        "{all:#?}"
+    );
+    let later = all[seen].lines().find(|line| line.starts_with(&name));
+    assert!(
+        later.is_some_and(|line| line.contains("held")),
+        "{name} not held in snapshot {seen}: {all:#?}"
+    );
+    watcher.signal(libc::SIGTERM);
+    let done = watcher.finish().expect(0);
+    assert!(!done.stdout.contains('\x1b'), "{done:#?}");
+    assert_eq!(done.stderr, "", "{done:#?}");
+    holder.signal(libc::SIGTERM);
+    holder.finish().expect(SIGTERM_STATUS);
+}
+
+/// `status --watch` ends on a signal with the status of its last snapshot: 0 while the
+/// lock is held, 1 once it is free.
+fn status_watch_exits_with_the_last_status(db: &Db) {
+    let name = unique_name("watch-status");
+    let holder = db.spawn(&["hold", &name, "--duration", "600"]);
+    db.wait_held(&name);
+    let watcher = db.spawn(&["status", "--watch=0.2", &name]);
+    assert!(
+        eventually(|| watcher.stdout().contains("held by")),
+        "{:?}",
+        watcher.stdout()
+    );
+    watcher.signal(libc::SIGINT);
+    watcher.finish().expect(0);
+
+    let watcher = db.spawn(&["status", "--watch=0.2", &name]);
+    assert!(
+        eventually(|| watcher.stdout().contains("held by")),
+        "{:?}",
+        watcher.stdout()
+    );
+    holder.signal(libc::SIGTERM);
+    holder.finish().expect(SIGTERM_STATUS);
+    // A snapshot that says free, and one after it (so the last one says free too).
+    assert!(
+        eventually(|| {
+            let all = snapshots(&watcher);
+            all.iter()
+                .position(|s| s.contains("free"))
+                .is_some_and(|i| i + 2 < all.len())
+        }),
+        "{:?}",
+        watcher.stdout()
+    );
+    watcher.signal(libc::SIGTERM);
+    let done = watcher.finish().expect(1);
+    assert!(
+        done.stdout.starts_with(&format!("{name}: held by")),
+        "{done:#?}"
+    );
+}
+
+/// On a terminal `list --watch` redraws in place (clear screen, a title line) and
+/// Ctrl-C ends it with 0.
+#[cfg(feature = "sqlite")]
+#[test]
+fn list_watch_redraws_on_a_terminal() {
+    let db = Db::sqlite();
+    db.run(&["migrate"]).expect(0);
+    let mut pty = Pty::open();
+    let mut cmd = db.tool();
+    cmd.args(["list", "--watch=0.2"]);
+    pty.attach(&mut cmd);
+    let tool = Running::adopt(&["list", "--watch"], cmd.spawn().expect("the tool"));
+    let redraw = "\x1b[H\x1b[2JEvery 0.2s: database-locks list";
+    assert!(
+        eventually(|| pty.output().matches(redraw).count() >= 2),
+        "{:?}",
+        pty.output()
+    );
+    pty.type_in(b"\x03");
+    tool.finish().expect(0);
+}
+
+/// One sample line of the text exposition format: `name{label="value",...} value`.
+#[derive(Debug)]
+struct Sample {
+    name: String,
+    labels: Vec<(String, String)>,
+    value: f64,
+}
+
+/// Parses an exposition strictly, line by line: `# HELP` and `# TYPE` once per family,
+/// before its samples; a family's samples together; every other line a sample whose
+/// label values are escaped as the format says. Panics, naming the line, otherwise.
+fn parse_exposition(text: &str) -> Vec<Sample> {
+    let mut helped = std::collections::HashSet::new();
+    let mut typed = std::collections::HashSet::new();
+    let mut ended = std::collections::HashSet::new();
+    let mut current: Option<String> = None;
+    let mut samples = Vec::new();
+    assert!(text.ends_with('\n'), "no final line feed: {text:?}");
+    let is_name = |name: &str| {
+        !name.is_empty()
+            && !name.starts_with(|c: char| c.is_ascii_digit())
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+    };
+    for line in text.lines() {
+        let family = if let Some(rest) = line.strip_prefix("# HELP ") {
+            let (name, help) = rest.split_once(' ').unwrap_or_else(|| panic!("{line:?}"));
+            assert!(!help.is_empty(), "{line:?}");
+            assert!(helped.insert(name.to_owned()), "second HELP: {line:?}");
+            name.to_owned()
+        } else if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').unwrap_or_else(|| panic!("{line:?}"));
+            assert_eq!(kind, "gauge", "{line:?}");
+            assert!(typed.insert(name.to_owned()), "second TYPE: {line:?}");
+            name.to_owned()
+        } else {
+            let sample = parse_sample(line);
+            assert!(
+                helped.contains(&sample.name) && typed.contains(&sample.name),
+                "a sample before its HELP and TYPE: {line:?}"
+            );
+            let name = sample.name.clone();
+            samples.push(sample);
+            name
+        };
+        assert!(is_name(&family), "{line:?}");
+        if current.as_deref() != Some(family.as_str()) {
+            assert!(!ended.contains(&family), "family {family} split: {line:?}");
+            if let Some(previous) = current.replace(family) {
+                ended.insert(previous);
+            }
+        }
+    }
+    assert_eq!(helped, typed, "{text}");
+    samples
+}
+
+fn parse_sample(line: &str) -> Sample {
+    let (head, value) = line
+        .rsplit_once(' ')
+        .unwrap_or_else(|| panic!("no value: {line:?}"));
+    let value = match value {
+        "+Inf" => f64::INFINITY,
+        "-Inf" => f64::NEG_INFINITY,
+        "NaN" => f64::NAN,
+        v => v.parse().unwrap_or_else(|_| panic!("bad value: {line:?}")),
+    };
+    let Some((name, labels)) = head.split_once('{') else {
+        return Sample {
+            name: head.to_owned(),
+            labels: Vec::new(),
+            value,
+        };
+    };
+    let mut parsed = Vec::new();
+    let mut rest = labels;
+    loop {
+        if let Some(after) = rest.strip_prefix('}') {
+            assert_eq!(after, "", "text after the labels: {line:?}");
+            break;
+        }
+        let (label, after) = rest
+            .split_once("=\"")
+            .unwrap_or_else(|| panic!("bad label: {line:?}"));
+        let mut chars = after.char_indices();
+        let mut value = String::new();
+        let end = loop {
+            match chars.next() {
+                Some((_, '\\')) => match chars.next() {
+                    Some((_, '\\')) => value.push('\\'),
+                    Some((_, '"')) => value.push('"'),
+                    Some((_, 'n')) => value.push('\n'),
+                    other => panic!("bad escape {other:?}: {line:?}"),
+                },
+                Some((at, '"')) => break at,
+                Some((_, c)) => value.push(c),
+                None => panic!("unterminated label value: {line:?}"),
+            }
+        };
+        parsed.push((label.to_owned(), value));
+        rest = &after[end + 1..];
+        rest = rest.strip_prefix(',').unwrap_or(rest);
+    }
+    Sample {
+        name: name.to_owned(),
+        labels: parsed,
+        value,
+    }
+}
+
+/// The value of `metric` for `name` (or of the unlabelled `metric` with `None`).
+fn sample(samples: &[Sample], metric: &str, name: Option<&str>) -> Option<f64> {
+    let labels: Vec<(String, String)> = name
+        .map(|n| vec![("name".to_owned(), n.to_owned())])
+        .unwrap_or_default();
+    let mut found = samples
+        .iter()
+        .filter(|s| s.name == metric && s.labels == labels);
+    let value = found.next().map(|s| s.value);
+    assert!(found.next().is_none(), "{metric} {name:?} twice");
+    value
+}
+
+/// `metrics`: every line parses, each family has its HELP and TYPE once, values match
+/// the locks taken here (a name with `"`, `\` and a line feed comes back whole), and
+/// `--output` replaces the file by renaming, leaving no temporary file, and leaves it
+/// alone when the table cannot be read.
+fn metrics_expose_the_table_for_prometheus(db: &Db) {
+    db.run(&["migrate"]).expect(0);
+    let held = unique_name("metrics-held");
+    let forever = unique_name("metrics-forever");
+    let released = unique_name("metrics-released");
+    let weird = format!("{}-we\"ird\\name\nline", unique_name("metrics"));
+    let sem = unique_name("metrics-sem");
+    db.run(&["run", &released, "--", "true"]).expect(0);
+    let holders = [
+        db.spawn(&["hold", &held, "--duration", "600"]),
+        db.spawn(&["hold", &forever, "--ttl", "none", "--duration", "600"]),
+        db.spawn(&["hold", &weird, "--duration", "600"]),
+        db.spawn(&["hold", &sem, "--permits", "2", "--duration", "600"]),
+    ];
+    for name in [&held, &forever, &weird] {
+        db.wait_held(name);
+    }
+    assert!(
+        eventually(|| {
+            let list = db.run(&["list"]).expect(0);
+            list.stdout.lines().any(|line| {
+                line.starts_with(&format!("{sem} ")) && line.contains("semaphore, 1 of 2 held")
+            })
+        }),
+        "the semaphore's permit was never held"
+    );
+
+    let done = db.run(&["metrics"]).expect(0);
+    assert_eq!(done.stderr, "", "{done:#?}");
+    let samples = parse_exposition(&done.stdout);
+    let value = |metric: &str, name: &str| sample(&samples, metric, Some(name));
+    for name in [&held, &forever, &weird] {
+        assert_eq!(
+            value("database_locks_lock_held", name),
+            Some(1.0),
+            "{name:?}"
+        );
+        assert!(value("database_locks_lock_token", name).is_some_and(|t| t >= 1.0));
+    }
+    assert_eq!(value("database_locks_lock_held", &released), Some(0.0));
+    assert_eq!(
+        value("database_locks_lock_expires_in_seconds", &released),
+        None
+    );
+    assert!(value("database_locks_lock_token", &released).is_some_and(|t| t >= 1.0));
+    let left = value("database_locks_lock_expires_in_seconds", &held);
+    assert!(left.is_some_and(|s| s > 0.0 && s <= 10.0), "{left:?}");
+    assert_eq!(
+        value("database_locks_lock_expires_in_seconds", &forever),
+        Some(f64::INFINITY)
+    );
+    assert_eq!(value("database_locks_semaphore_permits", &sem), Some(2.0));
+    assert_eq!(
+        value("database_locks_semaphore_permits_held", &sem),
+        Some(1.0)
+    );
+    // No semaphore row shows as a lock.
+    assert!(samples.iter().all(|s| s
+        .labels
+        .iter()
+        .all(|(_, v)| !v.contains(database_locks::SEPARATOR))));
+    // The totals agree with the samples (other tests' locks share a server's table).
+    let of = |metric: &str, value: f64| {
+        samples
+            .iter()
+            .filter(|s| s.name == metric && s.value == value)
+            .count() as f64
+    };
+    let locks = sample(&samples, "database_locks_locks", None);
+    let locks_held = sample(&samples, "database_locks_locks_held", None);
+    assert_eq!(
+        locks,
+        Some(of("database_locks_lock_held", 0.0) + of("database_locks_lock_held", 1.0))
+    );
+    assert_eq!(locks_held, Some(of("database_locks_lock_held", 1.0)));
+    if db.kind == Kind::Sqlite {
+        assert_eq!((locks, locks_held), (Some(4.0), Some(3.0)));
+    }
+    let scraped = sample(&samples, "database_locks_scrape_timestamp_seconds", None);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs_f64();
+    assert!(scraped.is_some_and(|t| t > 0.0 && t <= now), "{scraped:?}");
+
+    // --output: the same, in the file; nothing on stdout, nothing else in the directory.
+    let dir = db.path("textfile");
+    std::fs::create_dir(&dir).expect("dir");
+    let file = dir.join("database_locks.prom");
+    let output = file.display().to_string();
+    let written = db.run(&["metrics", "--output", &output]).expect(0);
+    assert_eq!((written.stdout.as_str(), written.stderr.as_str()), ("", ""));
+    let before = std::fs::read_to_string(&file).expect("the file");
+    let again = parse_exposition(&before);
+    assert_eq!(
+        sample(&again, "database_locks_lock_held", Some(&weird)),
+        Some(1.0)
+    );
+    let entries = || -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(&dir)
+            .expect("dir")
+            .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
+            .collect();
+        names.sort();
+        names
+    };
+    assert_eq!(entries(), ["database_locks.prom"]);
+
+    // Replaced by a rename: a reader that had the old file open still reads it whole.
+    let mut old = std::fs::File::open(&file).expect("open");
+    db.run(&["release", &held, "--force"]).expect(0);
+    db.run(&["metrics", "--output", &output]).expect(0);
+    let after = parse_exposition(&std::fs::read_to_string(&file).expect("the file"));
+    assert_eq!(
+        sample(&after, "database_locks_lock_held", Some(&held)),
+        Some(0.0)
+    );
+    let mut kept = String::new();
+    std::io::Read::read_to_string(&mut old, &mut kept).expect("read");
+    assert_eq!(kept, before, "the file was rewritten in place");
+    assert_eq!(entries(), ["database_locks.prom"]);
+
+    // A table that cannot be read: an error, and the file is left as it was.
+    let replaced = std::fs::read_to_string(&file).expect("the file");
+    let missing = db.path("missing.sqlite3").display().to_string();
+    let failed = db
+        .run_at(&missing, &["metrics", "--output", &output])
+        .expect(2);
+    assert_eq!(failed.stderr.lines().count(), 1, "{failed:#?}");
+    assert_eq!(std::fs::read_to_string(&file).expect("file"), replaced);
+    assert_eq!(entries(), ["database_locks.prom"]);
+    // A directory that does not exist: the error names the file.
+    let nowhere = dir.join("no/such.prom").display().to_string();
+    let failed = db.run(&["metrics", "--output", &nowhere]).expect(2);
+    assert!(failed.stderr.contains(&nowhere), "{failed:#?}");
+    assert_eq!(failed.stderr.lines().count(), 1, "{failed:#?}");
+
+    for holder in holders {
+        holder.signal(libc::SIGTERM);
+        holder.finish();
+    }
+}
+
 /// `list`, `status` and `release` on a SQLite file that does not exist say so and leave
 /// no file behind (SQLite would create an empty one on opening it).
 #[cfg(feature = "sqlite")]
@@ -769,4 +1199,78 @@ fn without_a_url_the_tool_names_the_file_it_falls_back_to() {
     }
     let quiet = db.run_at(&path, &["status", &name]).expect(1);
     assert_eq!(quiet.stderr, "", "{quiet:#?}");
+}
+
+/// The tool's own errors: one line, `database-locks: error: ` and the cause, without
+/// escape codes when stderr is not a terminal (here a pipe), whatever NO_COLOR says.
+#[cfg(feature = "sqlite")]
+#[test]
+fn errors_are_one_line_with_their_cause() {
+    let db = Db::sqlite();
+    let unreachable = db.path("no-such-dir/locks.sqlite3").display().to_string();
+    let failed = db
+        .run_at(
+            &unreachable,
+            &["--connect-timeout", "1", "run", "x", "--", "true"],
+        )
+        .expect(125);
+    assert_eq!(failed.stderr.lines().count(), 1, "{failed:#?}");
+    assert!(
+        failed
+            .stderr
+            .starts_with("database-locks: error: cannot connect to the lock database at "),
+        "{failed:#?}"
+    );
+    // The driver's reason, after the pool's.
+    assert!(
+        failed.stderr.contains(": unable to open database file"),
+        "{failed:#?}"
+    );
+    assert!(!failed.stderr.contains('\x1b'), "{failed:#?}");
+
+    let mut cmd = db.tool_without_url();
+    cmd.env_remove("NO_COLOR").env_remove("TERM");
+    cmd.args(["--url", &unreachable]);
+    let missing = common::Done::from_command(cmd, &["status", "x"]).expect(2);
+    assert_eq!(missing.stderr.lines().count(), 1, "{missing:#?}");
+    assert!(
+        missing
+            .stderr
+            .starts_with("database-locks: error: no lock database at "),
+        "{missing:#?}"
+    );
+    assert!(!missing.stderr.contains('\x1b'), "{missing:#?}");
+}
+
+/// On a terminal `error:` is red, unless NO_COLOR is set to something.
+#[cfg(feature = "sqlite")]
+#[test]
+fn errors_on_a_terminal_are_red_unless_no_color() {
+    let db = Db::sqlite();
+    let missing = db.path("missing.sqlite3").display().to_string();
+    for (no_color, red) in [(None, true), (Some(""), true), (Some("1"), false)] {
+        let mut pty = Pty::open();
+        let mut cmd = db.tool_without_url();
+        cmd.args(["--url", &missing, "status", "x"])
+            .env("TERM", "xterm");
+        match no_color {
+            Some(value) => cmd.env("NO_COLOR", value),
+            None => cmd.env_remove("NO_COLOR"),
+        };
+        pty.attach(&mut cmd);
+        let tool = Running::adopt(&["status", "x"], cmd.spawn().expect("the tool"));
+        pty.wait_for("no lock database at");
+        tool.finish().expect(2);
+        let shown = pty.output();
+        assert_eq!(
+            shown.contains("database-locks: \x1b[1;31merror:\x1b[0m no lock database at"),
+            red,
+            "NO_COLOR={no_color:?}: {shown:?}"
+        );
+        assert_eq!(
+            shown.contains('\x1b'),
+            red,
+            "NO_COLOR={no_color:?}: {shown:?}"
+        );
+    }
 }
