@@ -390,6 +390,11 @@ fn exit_race(url: &str, threads: u32, max_ms: u64) -> ExitCode {
         .pool_max_size(threads + 4);
     let locks = Locks::new(config).unwrap_or_else(|e| panic!("handle for {url}: {e}"));
     let name = |what: &str| format!("exit-race.{pid}.{what}");
+    // Every lock here reports a loss instead of ending the process (the default callback's
+    // exit 75): what this race tests is the exit itself. Under load a session killed by
+    // `terminate_sessions` or a stalled process loses a lease now and then, and the
+    // library rightly says so (seen: 10 of 200 runs exited 75 in a loaded run).
+    let on_loss = |lost: &database_locks::LostLock| say(&format!("lost {}", lost.reason));
 
     let mut guards = Vec::new();
     for i in 0..3 {
@@ -397,13 +402,14 @@ fn exit_race(url: &str, threads: u32, max_ms: u64) -> ExitCode {
             .lock(name(&format!("renewed-{i}")))
             .lock_ttl(Some(Duration::from_millis(1000)))
             .lock_ttl_renew(Duration::from_millis(950))
-            .lost_lock_cb(|lost| say(&format!("lost {}", lost.reason)))
+            .lost_lock_cb(on_loss)
             .acquire()
             .unwrap_or_else(|e| panic!("acquire: {e}"));
         guards.push(guard);
     }
     let awaited = locks
         .lock(name("awaited"))
+        .lost_lock_cb(on_loss)
         .acquire()
         .unwrap_or_else(|e| panic!("acquire: {e}"));
     {
@@ -413,6 +419,7 @@ fn exit_race(url: &str, threads: u32, max_ms: u64) -> ExitCode {
             if let Ok(guard) = locks
                 .lock(awaited.as_str())
                 .retry(Some(secs("10")))
+                .lost_lock_cb(on_loss)
                 .acquire()
             {
                 let _ = guard.release();
@@ -423,7 +430,11 @@ fn exit_race(url: &str, threads: u32, max_ms: u64) -> ExitCode {
         let locks = locks.clone();
         let churned = name(&format!("churn-{t}"));
         std::thread::spawn(move || loop {
-            match locks.lock(churned.as_str()).try_acquire() {
+            match locks
+                .lock(churned.as_str())
+                .lost_lock_cb(on_loss)
+                .try_acquire()
+            {
                 Ok(Some(guard)) => {
                     let _ = guard.release();
                 }
