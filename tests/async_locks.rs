@@ -64,17 +64,6 @@ fn within<T: Send + 'static>(limit: Duration, f: impl FnOnce() -> T + Send + 'st
         .unwrap_or_else(|_| panic!("did not finish within {limit:?}: a wait blocked the executor"))
 }
 
-/// How many acquisitions of the handle are waiting, from its `Debug` (`waiting: N`).
-fn waiting(locks: &Locks) -> usize {
-    let debug = format!("{locks:?}");
-    debug
-        .split("waiting: ")
-        .nth(1)
-        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no waiting count in {debug}"))
-}
-
 /// The proof that waiting does not block the executor: on a runtime with one thread,
 /// task A holds the lock and releases it only once task B is waiting for it. If B's wait
 /// blocked the thread, A would never run again and B would never get the lock.
@@ -98,7 +87,7 @@ fn a_waiting_task_lets_the_holder_run_on_one_thread(db: &Db) {
                     token
                 }
             });
-            while waiting(&locks) == 0 {
+            while common::in_progress(&locks) == 0 {
                 tokio::task::yield_now().await;
             }
             let a_token = a.token().unwrap();
@@ -143,7 +132,7 @@ fn a_thousand_tasks_on_one_thread(db: &Db) {
         }
     });
     assert_eq!(counter.load(Ordering::SeqCst), 1000);
-    assert_eq!(waiting(&locks), 0);
+    assert_eq!(common::in_progress(&locks), 0);
 }
 
 /// 4 processes x 4 tasks (tokio, multi-thread), 100 sections per process on one name:
@@ -367,7 +356,7 @@ fn another_executor_drives_the_same_futures(db: &Db) {
                 })
             }
         });
-        while waiting(&locks) == 0 {
+        while common::in_progress(&locks) == 0 {
             std::thread::yield_now();
         }
         let token = first.token();
@@ -477,7 +466,7 @@ fn ten_thousand_waiting_tasks_use_a_handful_of_threads(db: &Db) {
         })
         .collect();
     runtime.block_on(async {
-        while waiting(&locks) < 10_000 {
+        while common::in_progress(&locks) < 10_000 {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     });
@@ -497,7 +486,7 @@ fn ten_thousand_waiting_tasks_use_a_handful_of_threads(db: &Db) {
         for task in tasks {
             assert!(task.await.unwrap_err().is_cancelled());
         }
-        assert_eq!(waiting(&locks), 0);
+        assert_eq!(common::in_progress(&locks), 0);
         holder.release_async().await.unwrap();
         let next = locks.lock(&name).try_acquire_async().await.unwrap();
         assert!(

@@ -99,17 +99,6 @@ fn acquisitions(text: &str, name: &str, outcome: &str) -> f64 {
     )
 }
 
-/// How many acquisitions of this handle are in progress (its `Debug` shows it).
-fn in_progress(locks: &Locks) -> usize {
-    let shown = format!("{locks:?}");
-    shown
-        .split("waiting: ")
-        .nth(1)
-        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no waiting count in {shown}"))
-}
-
 /// Four threads take one lock ten times each, then refusals and timeouts: every counter
 /// and histogram count matches what the run itself counted.
 fn counters_match_a_contended_run(db: &Db) {
@@ -245,7 +234,8 @@ fn wakeups_are_counted_by_kind(db: &Db) {
             })
         };
         assert!(
-            eventually(BOUND, || in_progress(waiting) == 1 && ready(waiting)),
+            eventually(BOUND, || common::in_progress(waiting) == 1
+                && ready(waiting)),
             "the waiter never started waiting"
         );
         holder.release().unwrap();

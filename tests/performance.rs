@@ -70,18 +70,6 @@ fn is_renewal(sql: &str) -> bool {
             .any(|f| sql.contains(f))
 }
 
-/// How many acquisitions are in progress on `locks`, waiting or attempting (the handle's
-/// `Debug` output shows it).
-fn in_progress(locks: &Locks) -> usize {
-    let shown = format!("{locks:?}");
-    shown
-        .split("waiting: ")
-        .nth(1)
-        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no waiting count in {shown}"))
-}
-
 /// A release through a handle hands the lock to a waiter of the same handle at once: the
 /// waiter polls once an hour and its holder's lease lasts ten minutes, and it still gets
 /// the lock within the test's bound.
@@ -102,7 +90,7 @@ fn release_wakes_a_same_handle_waiter(db: &Db) {
         })
     };
     assert!(
-        eventually(BOUND, || in_progress(&locks) == 1),
+        eventually(BOUND, || common::in_progress(&locks) == 1),
         "the waiter never started waiting"
     );
     let held_token = holder.token();
@@ -139,7 +127,7 @@ fn a_release_wakes_one_waiter_not_all(db: &Db) {
         })
         .collect();
     assert!(
-        eventually(BOUND, || in_progress(&locks) == waiters),
+        eventually(BOUND, || common::in_progress(&locks) == waiters),
         "the waiters never all started waiting"
     );
     let before = statements_mentioning(&name).len();
@@ -364,7 +352,7 @@ fn without_notifications_waiters_poll() {
             let _ = tx.send(got.map(|g| g.token()));
         });
     }
-    assert!(eventually(BOUND, || in_progress(&waiting) == 1));
+    assert!(eventually(BOUND, || common::in_progress(&waiting) == 1));
     holder.release().unwrap();
     rx.recv_timeout(BOUND)
         .expect("the waiter never got the lock")

@@ -41,6 +41,25 @@ pub const DEFAULT_RETRY: Duration = Duration::from_millis(500);
 /// | [`lock_ttl_renew`](Self::lock_ttl_renew) | `lock_ttl_renew` | `DATABASE_LOCKS_DEFAULT_TTL_RENEW`, 2 s |
 /// | [`lost_lock_cb`](Self::lost_lock_cb) | `lost_lock_cb` | log and exit the process |
 /// | [`lock_at_least_for`](Self::lock_at_least_for) | (ShedLock's `lockAtLeastFor`) | none |
+///
+/// ```no_run
+/// use std::time::Duration;
+///
+/// # fn main() -> Result<(), database_locks::Error> {
+/// // The seed's `lock("nightly", timeout=30, lock_ttl=60, retry=0.5)`:
+/// let guard = database_locks::lock("nightly")
+///     .timeout(Duration::from_secs(30))
+///     .lock_ttl(Some(Duration::from_secs(60)))
+///     .retry(Some(Duration::from_millis(500)))
+///     .lost_lock_cb(|lost| eprintln!("stopping: {lost}"))
+///     .acquire()?;
+/// # drop(guard);
+/// // A single attempt that reports "held" as `None`:
+/// if let Some(guard) = database_locks::lock("nightly").try_acquire()? {
+///     guard.release()?;
+/// }
+/// # Ok(()) }
+/// ```
 #[must_use = "a lock builder does nothing until `acquire`, `try_acquire` or `run`"]
 pub struct LockBuilder {
     handle: Result<Locks>,

@@ -6,6 +6,18 @@ use std::time::Duration;
 ///
 /// Each message says what happened and, where there is something to do, what to do.
 /// Errors from the database driver are kept as the [`source`](std::error::Error::source).
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use database_locks::Error;
+///
+/// match database_locks::lock("report").timeout(Duration::from_secs(5)).acquire() {
+///     Ok(guard) => { /* ... */ drop(guard) }
+///     // Somebody else has it: not a failure for a cron job.
+///     Err(Error::Timeout { holder, .. }) => eprintln!("busy, held by {holder:?}"),
+///     Err(err) => eprintln!("cannot lock: {err}"),
+/// }
+/// ```
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {

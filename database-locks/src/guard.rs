@@ -28,6 +28,18 @@ use crate::releaser::Pending;
 ///
 /// With locking disabled the guard holds nothing: [`is_held`](Self::is_held) is false
 /// and [`token`](Self::token) is `None`.
+///
+/// ```no_run
+/// # fn main() -> Result<(), database_locks::Error> {
+/// let guard = database_locks::lock("rebuild-index").acquire()?;
+/// // The fencing token grows with every acquisition of the name: pass it to whatever
+/// // the holder writes to, so a stale holder's writes can be refused.
+/// let token = guard.token();
+/// # let _ = token;
+/// // ... the work; a panic here releases the lock too ...
+/// guard.release()?; // or let it drop
+/// # Ok(()) }
+/// ```
 #[must_use = "the lock is released as soon as the guard is dropped; bind it to a variable"]
 pub struct LockGuard {
     name: String,

@@ -16,6 +16,32 @@ use crate::backend::Lease;
 pub const LOST_LOCK_EXIT_CODE: i32 = 75;
 
 /// What `lost_lock_cb` receives when a held lock is lost.
+///
+/// ```no_run
+/// use std::sync::atomic::{AtomicBool, Ordering};
+/// use std::sync::Arc;
+/// use database_locks::LossCause;
+///
+/// # fn main() -> Result<(), database_locks::Error> {
+/// let stop = Arc::new(AtomicBool::new(false));
+/// let flag = Arc::clone(&stop);
+/// let guard = database_locks::lock("ingest")
+///     .lost_lock_cb(move |lost| {
+///         // Called before the lease ends by the database's clock (`expires_by`), except
+///         // after `Taken`: the row is someone else's already.
+///         if lost.cause == LossCause::Taken {
+///             eprintln!("{} was taken over (token {})", lost.name, lost.token);
+///         }
+///         flag.store(true, Ordering::SeqCst);
+///     })
+///     .acquire()?;
+/// while !stop.load(Ordering::SeqCst) {
+///     // ... one unit of work ...
+/// #   break;
+/// }
+/// # drop(guard);
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct LostLock {

@@ -414,6 +414,18 @@ use std::sync::mpsc;
 /// The workspace's test helper binary (tests/support/lock_helper.rs).
 pub const HELPER: &str = env!("CARGO_BIN_EXE_lock-helper");
 
+/// How many acquisitions of the handle are in progress (attempting or waiting), from its
+/// `Debug` (`waiting: N`).
+pub fn in_progress(locks: &Locks) -> usize {
+    let shown = format!("{locks:?}");
+    shown
+        .split("waiting: ")
+        .nth(1)
+        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no waiting count in {shown}"))
+}
+
 /// The built `examples/NAME.rs` (`cargo test` builds the examples beside the helper).
 pub fn example(name: &str) -> std::path::PathBuf {
     let example = std::path::Path::new(HELPER)

@@ -127,6 +127,15 @@ pub enum Migration {
 }
 
 /// One row of the lock table, as [`Locks::list`](crate::Locks::list) reports it.
+///
+/// ```no_run
+/// # fn main() -> Result<(), database_locks::Error> {
+/// let locks = database_locks::global()?;
+/// for row in locks.list()? {
+///     println!("{} {} by {:?}, token {}", row.name, row.state(), row.locked_by, row.token);
+/// }
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub struct LockInfo {
