@@ -1,7 +1,7 @@
 //! What a lock costs, against the database's own floor, measured in one run.
 //!
 //! ```text
-//! cargo run --release --example bench --all-features -- [--backend pg|mysql|sqlite|all] [--quick]
+//! cargo run --release --example bench --all-features -- [--backend pg|mysql|sqlite|all] [--quick] [--only SECTION,...]
 //! ```
 //!
 //! Backends need their crate feature (`--all-features`, or `--features postgres`, ...);
@@ -46,6 +46,10 @@ struct Args {
     /// Shorter runs (fewer rounds, fewer hand-offs, 2,000 instead of 10,000 locks)
     #[arg(long)]
     quick: bool,
+    /// Only these sections, comma-separated: uncontended, metrics, fenced, pooling,
+    /// handoff, async, semaphores, contended, waiters, scale (default: all)
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
 }
 
 /// Bytes allocated and not freed, by anyone in this process.
@@ -177,6 +181,8 @@ fn statements() -> u64 {
 }
 
 struct Plan {
+    /// The sections to run (`--only`); empty: all.
+    only: Vec<String>,
     rounds: usize,
     round: Duration,
     handoffs: usize,
@@ -191,6 +197,7 @@ impl Plan {
     fn new(quick: bool) -> Self {
         if quick {
             Plan {
+                only: Vec::new(),
                 rounds: 3,
                 round: Duration::from_millis(400),
                 handoffs: 40,
@@ -202,6 +209,7 @@ impl Plan {
             }
         } else {
             Plan {
+                only: Vec::new(),
                 rounds: 7,
                 round: Duration::from_secs(1),
                 handoffs: 200,
@@ -217,7 +225,10 @@ impl Plan {
 
 fn main() {
     let args = Args::parse();
-    let plan = Plan::new(args.quick);
+    let plan = Plan {
+        only: args.only.clone(),
+        ..Plan::new(args.quick)
+    };
     if set_default_instrumentation(count_statements).is_err() {
         eprintln!("cannot install the statement counter");
         std::process::exit(1);
@@ -581,17 +592,37 @@ fn run(target: &Target, plan: &Plan) -> Res<()> {
     raw.exec("DELETE FROM database_locks_lock")?;
     let mut table = Table(Vec::new());
 
-    uncontended(target, plan, &mut raw, &locks, &mut table)?;
-    fenced(plan, &mut raw, &locks, &mut table)?;
-    if target.kind == BackendKind::Postgres {
+    let on = |section: &str| plan.only.is_empty() || plan.only.iter().any(|s| s == section);
+    if on("uncontended") {
+        uncontended(target, plan, &mut raw, &locks, &mut table)?;
+    }
+    if on("metrics") {
+        metrics_cost(plan, &locks, &mut table)?;
+    }
+    if on("fenced") {
+        fenced(plan, &mut raw, &locks, &mut table)?;
+    }
+    if on("pooling") && target.kind == BackendKind::Postgres {
         pooling(target, plan, &mut raw, &mut table)?;
     }
-    handoff(target, plan, &locks, &mut table)?;
-    asynchronous(target, plan, &locks, &mut table)?;
-    semaphores(plan, &locks, &mut table)?;
-    contended(plan, &locks, &mut table)?;
-    waiters(target, plan, &mut table)?;
-    scale(target, plan, &mut table)?;
+    if on("handoff") {
+        handoff(target, plan, &locks, &mut table)?;
+    }
+    if on("async") {
+        asynchronous(target, plan, &locks, &mut table)?;
+    }
+    if on("semaphores") {
+        semaphores(plan, &locks, &mut table)?;
+    }
+    if on("contended") {
+        contended(plan, &locks, &mut table)?;
+    }
+    if on("waiters") {
+        waiters(target, plan, &mut table)?;
+    }
+    if on("scale") {
+        scale(target, plan, &mut table)?;
+    }
     table.print_markdown();
     Ok(())
 }
@@ -690,6 +721,42 @@ fn uncontended(
             ),
         );
     }
+    Ok(())
+}
+
+/// What the `metrics` feature costs an uncontended cycle, in alternating rounds: with the
+/// feature compiled in but no recorder installed (the facade's no-op), and with a
+/// Prometheus recorder (metrics-exporter-prometheus, its registry only, no listener) as
+/// the thread's recorder. Without the feature the calls are not compiled at all
+/// (`src/observe.rs`), so the first figure bounds what the feature costs when unused.
+#[cfg(feature = "metrics")]
+fn metrics_cost(plan: &Plan, locks: &Locks, table: &mut Table) -> Res<()> {
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    let mut cycle = acquire_release(locks, "bench.metrics", false);
+    rate(Duration::from_millis(200), &mut cycle)?;
+    let (mut plain, mut recorded, mut ratio) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..plan.rounds {
+        let (off, _) = rate(plan.round, &mut cycle)?;
+        let (on, _) = metrics::with_local_recorder(&recorder, || rate(plan.round, &mut cycle))?;
+        plain.push(off);
+        recorded.push(on);
+        ratio.push(on / off);
+    }
+    table.row(
+        "acquire+release, metrics compiled in, no recorder, cycles/s",
+        format!("{:.0}", median(plain)),
+        "the `metrics` feature on, nothing installed",
+    );
+    table.row(
+        "acquire+release, recorded by a Prometheus recorder, cycles/s",
+        format!("{:.0}", median(recorded)),
+        format!("{:.2} x without a recorder", median(ratio)),
+    );
+    Ok(())
+}
+
+#[cfg(not(feature = "metrics"))]
+fn metrics_cost(_: &Plan, _: &Locks, _: &mut Table) -> Res<()> {
     Ok(())
 }
 
