@@ -46,6 +46,7 @@ fn lock_error(err: &BoxError) -> &Error {
 }
 
 fn commits_while_held_and_renews_the_lease<C: AppConn>(db: &Db) {
+    let _timed = common::timed();
     let (db, locks, mut conn) = setup::<C>(db);
     let name = unique_name("fenced-commit");
     let guard = held(&locks, &name, 30 * SEC);
@@ -265,6 +266,7 @@ fn disabled_locking_runs_a_plain_transaction<C: AppConn>(db: &Db) {
 /// A fenced transaction twice as long as the lease, with auto-renewal on: it commits,
 /// no loss is reported, and a waiter gets the lock only after the guard is released.
 fn a_transaction_longer_than_the_lease_commits_and_keeps_the_lock<C: AppConn>(db: &Db) {
+    let _timed = common::timed();
     let (db, locks, mut conn) = setup::<C>(db);
     let name = unique_name("fenced-long");
     let lost = Arc::new(AtomicBool::new(false));
@@ -329,6 +331,7 @@ fn a_transaction_longer_than_the_lease_commits_and_keeps_the_lock<C: AppConn>(db
 /// A is stopped inside its fenced transaction, longer than its lease: B's acquisition
 /// waits for that transaction to end, and B's writes see A's.
 fn holder_paused_inside_its_transaction_keeps_b_out<C: AppConn>(db: &Db) {
+    let _timed = common::timed();
     let (db, _locks, _conn) = setup::<C>(db);
     let seen = paused_inside::<C>(&db, &db);
     assert!(
@@ -405,6 +408,7 @@ struct Run {
 
 /// 8 helpers of 100 increments each.
 fn run_increments(db: &Db, fenced: bool) -> Run {
+    let _alone = common::heavy();
     let name = unique_name(if fenced {
         "fenced-count"
     } else {
@@ -439,6 +443,7 @@ fn run_increments(db: &Db, fenced: bool) -> Run {
 }
 
 fn paused_holder_on_one_database<C: AppConn>(db: &Db) {
+    let _timed = common::timed();
     let (db, _locks, _conn) = setup::<C>(db);
     paused_holder_is_refused::<C>(&db, &db);
 }

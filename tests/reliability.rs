@@ -24,6 +24,7 @@ fn processes_exclude_each_other(db: &Db) {
 
 /// Scenario 2: a holder killed with SIGKILL is taken over once its lease runs out, not before.
 fn crashed_holder_is_taken_over_after_its_lease(db: &Db) {
+    let _timed = common::timed();
     let name = unique_name("crash");
     let mut child = helper(&["hold", &db.url, &name, "2", "1", "60"])
         .spawn()
@@ -186,6 +187,7 @@ fn server_port(db: &Db) -> u16 {
 
 /// Scenario 4: the database unreachable for longer than the lease, then for less.
 fn outage_longer_than_the_lease_is_reported_before_expiry(db: &Db) {
+    let _timed = common::timed();
     let proxy = Proxy::start(server_port(db));
     let name = unique_name("outage");
     let mut child = helper(&["watch", &proxy.url(db), &name, "3", "1", "12"])
@@ -240,6 +242,7 @@ fn outage_longer_than_the_lease_is_reported_before_expiry(db: &Db) {
 /// than the one that stood during the outage (the database's clock); nobody else gets in,
 /// and the holder releases normally.
 fn outage_shorter_than_the_lease_loses_nothing(db: &Db) {
+    let _timed = common::timed();
     let proxy = Proxy::start(server_port(db));
     let name = unique_name("blip");
     // ttl 12 s, the first renewal 3 s after acquiring, then 8.5 s to get through. The
@@ -302,6 +305,7 @@ fn outage_shorter_than_the_lease_loses_nothing(db: &Db) {
 
 /// Scenario 6: a process whose clock is an hour off cannot take a live lock.
 fn skewed_client_clock_cannot_steal(db: &Db) {
+    let _timed = common::timed();
     let offset = |shift: &str| {
         let out = Command::new("faketime")
             .args(["-f", shift, "date", "+%s"])

@@ -76,6 +76,7 @@ fn most_inside(sections: &[Section], losses: &HashMap<(String, u64), u128>) -> u
 /// 3 at once reached, every section ran, and each slot's tokens grow in the order its
 /// holders entered.
 fn twelve_processes_share_three_permits(db: &Db) {
+    let _alone = common::heavy();
     let dir = tempfile::tempdir().unwrap();
     let name = unique_name("sem-12x25");
     let dir_arg = dir.path().display().to_string();
@@ -138,6 +139,7 @@ fn twelve_processes_share_three_permits(db: &Db) {
 /// clock, and no longer: the next permit of that slot is granted after that expiry, with
 /// a larger token, while the other holder's slot stays its own.
 fn a_crashed_holder_frees_its_slot_after_its_lease_only(db: &Db) {
+    let _timed = common::timed();
     let name = unique_name("sem-crash");
     let spawn = |ttl: &str| {
         let mut child = db
