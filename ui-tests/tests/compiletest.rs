@@ -1,7 +1,7 @@
 //! Compile-time behaviour of `#[locked]`: every supported form compiles (`tests/ui/pass`),
 //! every misuse fails with the message in its `.stderr` snapshot (`tests/ui`).
 //!
-//! `TRYBUILD=overwrite cargo test --test compiletest` rewrites the snapshots.
+//! `TRYBUILD=overwrite cargo test -p database-locks-ui-tests` rewrites the snapshots.
 
 #[test]
 fn ui() {
