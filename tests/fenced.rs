@@ -368,7 +368,7 @@ fn lost_updates<C: AppConn>(db: &Db) {
     let fenced_run = run_increments(&db, true);
     let fenced = read(1);
     println!(
-        "lost updates [{:?}]: 8 processes x 100 increments, ttl 0.3 s, every tenth section \
+        "lost updates [{:?}]: 4 processes x 100 increments, ttl 0.3 s, every tenth section \
          paused 0.45 s first, 5-15 ms between read and write. Plain writes under the guard: \
          {} Ok ({} errors), counter {plain}: at least {} lost. Fenced: {} Ok, {} refused \
          ({} errors), counter {fenced}",
@@ -391,7 +391,7 @@ fn lost_updates<C: AppConn>(db: &Db) {
         (fenced_ok..=fenced_ok + fenced_run.errors as i64).contains(&fenced),
         "lost or extra updates with fenced writes"
     );
-    assert_eq!(fenced_run.ok + fenced_run.refused + fenced_run.errors, 800);
+    assert_eq!(fenced_run.ok + fenced_run.refused + fenced_run.errors, 400);
     assert!(
         fenced_run.refused > 10,
         "only {} transactions were refused",
@@ -406,7 +406,9 @@ struct Run {
     errors: u64,
 }
 
-/// 8 helpers of 100 increments each.
+/// 4 helpers of 100 increments each: 40 paused sections per run. Each fenced one is refused
+/// (its lease ran out during the pause); about one plain one in four loses an update (one
+/// in twenty when every fifth section paused: the lock then sat mostly with a sleeper).
 fn run_increments(db: &Db, fenced: bool) -> Run {
     let _alone = common::heavy();
     let name = unique_name(if fenced {
@@ -415,7 +417,7 @@ fn run_increments(db: &Db, fenced: bool) -> Run {
         "plain-count"
     });
     let mode = if fenced { "fenced" } else { "plain" };
-    let mut children: Vec<Child> = (0..8)
+    let mut children: Vec<Child> = (0..4)
         .map(|_| {
             db.helper(&["count", &db.url, &name, mode, "100", "0.3"])
                 // One thread each needs few connections, and 8 pools of the default size

@@ -17,9 +17,9 @@ use common::{
 use database_locks::{BackendKind, Config, Error, Locks};
 use database_locks_testkit::on_each_backend;
 
-/// Scenario 1: 8 processes x 200 critical sections on one name.
+/// Scenario 1: 8 processes x 100 critical sections on one name.
 fn processes_exclude_each_other(db: &Db) {
-    run_sections(&[db], 8, 200, "mutex");
+    run_sections(&[db], 8, 100, "mutex");
 }
 
 /// Scenario 2: a holder killed with SIGKILL is taken over once its lease runs out, not before.
