@@ -47,9 +47,13 @@ struct Args {
     #[arg(long)]
     quick: bool,
     /// Only these sections, comma-separated: uncontended, metrics, fenced, pooling,
-    /// handoff, async, semaphores, contended, waiters, scale (default: all)
+    /// handoff, async, semaphores, contended, waiters, processes, scale (default: all)
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
+    /// Internal (the `processes` section): wait for the lock NAME at URL, say `waiting`
+    /// once the first attempt was refused, then take it, release it and exit.
+    #[arg(long, hide = true, num_args = 2, value_names = ["URL", "NAME"])]
+    child_wait: Option<Vec<String>>,
 }
 
 /// Bytes allocated and not freed, by anyone in this process.
@@ -136,8 +140,14 @@ fn listener_counts() -> (u64, u64, u64) {
 /// CPU time this process's threads have used (`/proc/self/task/*/schedstat`, Linux), if
 /// it can be read.
 fn cpu_time() -> Option<Duration> {
+    cpu_time_of("self")
+}
+
+/// CPU time the threads of process `pid` (`self` for this one) have used, if it can be
+/// read.
+fn cpu_time_of(pid: &str) -> Option<Duration> {
     let mut ns = 0u64;
-    for task in std::fs::read_dir("/proc/self/task").ok()? {
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).ok()? {
         let stat = std::fs::read_to_string(task.ok()?.path().join("schedstat")).ok()?;
         ns += stat.split_whitespace().next()?.parse::<u64>().ok()?;
     }
@@ -225,6 +235,15 @@ impl Plan {
 
 fn main() {
     let args = Args::parse();
+    if let Some([url, name]) = args.child_wait.as_deref() {
+        std::process::exit(match child_wait(url, name) {
+            Ok(()) => 0,
+            Err(err) => {
+                eprintln!("waiting child: {err}");
+                1
+            }
+        });
+    }
     let plan = Plan {
         only: args.only.clone(),
         ..Plan::new(args.quick)
@@ -620,6 +639,9 @@ fn run(target: &Target, plan: &Plan) -> Res<()> {
     if on("waiters") {
         waiters(target, plan, &mut table)?;
     }
+    if on("processes") && target.kind == BackendKind::Sqlite {
+        processes(target, plan, &mut table)?;
+    }
     if on("scale") {
         scale(target, plan, &mut table)?;
     }
@@ -931,7 +953,7 @@ fn handoff(target: &Target, plan: &Plan, locks: &Locks, table: &mut Table) -> Re
             (_, "the same handle") => "woken by the release in this process",
             (BackendKind::Postgres, _) => "woken by NOTIFY",
             (BackendKind::Sqlite, _) => {
-                "woken by the commit (PRAGMA data_version read every 1 ms, not counted)"
+                "woken by the commit (inotify on the file, then PRAGMA data_version, not counted)"
             }
             _ => "polls every 500 ms (default retry); no notification on this backend",
         };
@@ -1408,6 +1430,100 @@ fn waiters(target: &Target, plan: &Plan, table: &mut Table) -> Res<()> {
         );
     }
     Ok(())
+}
+
+/// SQLite: `plan.waiters` processes (this program, `--child-wait`) waiting for one held
+/// lock with the default settings: the CPU their waiting costs (their listeners sleep
+/// until the file is written), and how long after the release all of them have had the
+/// lock in turn.
+fn processes(target: &Target, plan: &Plan, table: &mut Table) -> Res<()> {
+    use std::io::BufRead;
+    let holder = target.locks()?;
+    let name = "bench.processes";
+    let guard = holder
+        .lock(name)
+        .lock_ttl(None)
+        .acquire()
+        .map_err(|e| e.to_string())?;
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let mut children = Vec::with_capacity(plan.waiters);
+    for _ in 0..plan.waiters {
+        let mut child = std::process::Command::new(&exe)
+            .args(["--child-wait", &target.url, name])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .map_err(|e| e.to_string())?;
+        let stdout = child.stdout.take().ok_or("no stdout")?;
+        children.push((child, std::io::BufReader::new(stdout)));
+    }
+    for (_, out) in &mut children {
+        let mut line = String::new();
+        out.read_line(&mut line).map_err(|e| e.to_string())?;
+        if line.trim() != "waiting" {
+            return Err(format!("a waiting child said {line:?}"));
+        }
+    }
+    let pids: Vec<String> = children.iter().map(|(c, _)| c.id().to_string()).collect();
+    let cpu = || -> Option<Duration> { pids.iter().map(|pid| cpu_time_of(pid)).sum() };
+    thread::sleep(Duration::from_secs(1));
+    let before = cpu();
+    let started = Instant::now();
+    thread::sleep(plan.waiting);
+    let share = cpu().zip(before).map(|(after, before)| {
+        after.saturating_sub(before).as_secs_f64() / started.elapsed().as_secs_f64()
+    });
+    let released = Instant::now();
+    guard.release().map_err(|e| e.to_string())?;
+    for (mut child, _) in children {
+        let status = child.wait().map_err(|e| e.to_string())?;
+        if !status.success() {
+            return Err(format!("a waiting child failed: {status}"));
+        }
+    }
+    table.row(
+        format!(
+            "{} processes waiting on a held lock: CPU, in all",
+            plan.waiters
+        ),
+        share.map_or("n/a".into(), |c| format!("{:.1}% of a core", c * 100.0)),
+        format!(
+            "default settings; each listener sleeps until the file is written (inotify); \
+             after the release all {} had the lock in turn within {}",
+            plan.waiters,
+            ms(released.elapsed())
+        ),
+    );
+    Ok(())
+}
+
+/// `--child-wait`: one waiting process of [`processes`].
+fn child_wait(url: &str, name: &str) -> Res<()> {
+    use std::io::Write;
+    let locks = Locks::new(Config::new(url)).map_err(|e| e.to_string())?;
+    let said = thread::spawn({
+        let locks = locks.clone();
+        move || {
+            let until = Instant::now() + Duration::from_secs(60);
+            while Instant::now() < until {
+                let shown = format!("{locks:?}");
+                if shown.contains("waiting: 1") && shown.contains("notifications: Watching,") {
+                    let mut out = std::io::stdout().lock();
+                    let _ = writeln!(out, "waiting");
+                    let _ = out.flush();
+                    return;
+                }
+                thread::sleep(Duration::from_millis(5));
+            }
+        }
+    });
+    let guard = locks
+        .lock(name)
+        .timeout(Duration::from_secs(120))
+        .acquire()
+        .map_err(|e| e.to_string())?;
+    guard.release().map_err(|e| e.to_string())?;
+    said.join()
+        .map_err(|_| "the reporting thread panicked".to_string())
 }
 
 /// What one look of the SQLite listener costs: `PRAGMA data_version` on a connection of

@@ -185,3 +185,82 @@ fn a_released_permit_wakes_a_semaphore_waiter_in_another_process() {
     assert!(row.expires_at.is_some(), "{row:?}");
     drop(second);
 }
+
+/// `PRAGMA data_version` statements run in this process (`count_looks`).
+static LOOKS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+fn count_looks() -> Option<Box<dyn diesel::connection::Instrumentation>> {
+    Some(Box::new(
+        |event: diesel::connection::InstrumentationEvent<'_>| {
+            if let diesel::connection::InstrumentationEvent::StartQuery { query, .. } = event {
+                if query
+                    .to_string()
+                    .trim_start()
+                    .starts_with("PRAGMA data_version")
+                {
+                    LOOKS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+        },
+    ))
+}
+
+/// While nothing is written to the file, a waiting handle's listener sleeps (Linux: until
+/// inotify reports a write to the database or its log), rather than looking at
+/// `data_version` every millisecond: 100 processes waiting would otherwise cost 100,000
+/// looks a second. Over 2 s it looks once per 50 ms wake-up of its own (39 measured
+/// here), where looking every millisecond made 1,845 (the watch turned off, on a loaded
+/// machine). A slow machine can only make the count smaller. The release at
+/// the end still wakes the waiter, whose poll is 60 s.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_waiting_listener_sleeps_while_nothing_is_written() {
+    // Only this test's connections count: those of the others wait in other processes.
+    diesel::connection::set_default_instrumentation(count_looks).expect("instrumentation");
+    let db = Db::sqlite();
+    let holder = db.locks();
+    let name = unique_name("sqlite-sleep");
+    // No expiry: no renewals, so nothing at all is written while the waiter waits.
+    let guard = holder
+        .lock(&name)
+        .lock_ttl(None)
+        .try_acquire()
+        .expect("acquire")
+        .expect("a new name is free");
+    let waiting = db.locks();
+    let waiter = std::thread::spawn({
+        let (waiting, name) = (waiting.clone(), name.clone());
+        move || {
+            waiting
+                .lock(&name)
+                .retry(Some(Duration::from_secs(60)))
+                .timeout(Duration::from_secs(30))
+                .acquire()
+                .map(|guard| guard.token())
+        }
+    });
+    // Once its first attempt was refused and its listener has started to look.
+    let started = std::time::Instant::now();
+    while !(common::in_progress(&waiting) == 1
+        && format!("{waiting:?}").contains("notifications: Watching,")
+        && LOOKS.load(std::sync::atomic::Ordering::Relaxed) > 0)
+    {
+        assert!(started.elapsed() < STEP, "the waiter never waited");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let before = LOOKS.load(std::sync::atomic::Ordering::Relaxed);
+    std::thread::sleep(Duration::from_secs(2));
+    let looks = LOOKS.load(std::sync::atomic::Ordering::Relaxed) - before;
+    println!("looks in 2 s of waiting with nothing written: {looks}");
+    assert!(
+        looks < 200,
+        "{looks} looks at data_version in 2 s: the listener polls instead of sleeping"
+    );
+    let held = guard.token().expect("a token");
+    guard.release().expect("release");
+    let token = waiter.join().expect("the waiter");
+    assert_eq!(
+        token.expect("woken by the release, before its 30 s timeout"),
+        Some(held + 1)
+    );
+}

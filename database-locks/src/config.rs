@@ -289,9 +289,10 @@ impl Config {
     /// PostgreSQL: each release sends `NOTIFY` and that connection `LISTEN`s. SQLite: the
     /// connection reads `PRAGMA data_version` (shared memory, a few microseconds); when
     /// another connection has committed, one `SELECT` finds which of the names waited
-    /// for are free. Without it, waiters poll at their retry period, and the first wait
-    /// on the handle logs so once; on SQLite that also saves the looks (about 1,000 a
-    /// second, a few percent of a core, per waiting process).
+    /// for are free. On Linux it sleeps between looks until the database's files are
+    /// written (inotify), about 20 looks a second while nothing is; elsewhere it looks
+    /// every millisecond. Without it, waiters poll at their retry period, and the first
+    /// wait on the handle logs so once.
     ///
     /// Turn it off where `LISTEN` cannot work: behind PgBouncer in transaction mode (see
     /// [`Config::transaction_pooling`], which turns it off). The listener would find out by

@@ -21,6 +21,7 @@ mod sqlite;
 
 pub(crate) mod exec;
 pub(crate) mod pool;
+mod watch;
 
 // A lock without expiry gets `expires_at` 9999-01-01 00:00:00 UTC: far enough to never
 // pass, early enough that Django can still turn it into a `datetime` in any time zone.
@@ -367,6 +368,13 @@ pub trait LockConnection: R2D2Connection + Send + 'static + sealed::Sealed {
     /// file (a read of shared memory, no file I/O). `None` where there is no such thing.
     #[doc(hidden)]
     fn data_version(&mut self) -> QueryResult<Option<i64>> {
+        Ok(None)
+    }
+
+    /// SQLite: the path of the database file, for watching its writes (`backend::watch`);
+    /// `None` for an in-memory or temporary database, and on the other backends.
+    #[doc(hidden)]
+    fn database_file(&mut self) -> QueryResult<Option<std::path::PathBuf>> {
         Ok(None)
     }
 

@@ -12,6 +12,7 @@ use diesel::{Connection, QueryResult};
 use parking_lot::Mutex;
 
 use super::exec::{Permit, Permits, Reply, Workers};
+use super::watch::{self, FileWatch};
 use super::{
     breaks_connection, classify, Attempt, Failure, Heard, Lease, Listener, LockConnection,
     LockInfo, Migration, Semaphore,
@@ -830,6 +831,7 @@ where
                 workers: Arc::clone(&self.workers),
                 statement_timeout: self.statement_timeout,
                 data_version: None,
+                watch: Watch::NotYet,
             }))),
             Ok(None) => None,
             Err(err) => Some(Err(err)),
@@ -840,7 +842,8 @@ where
 /// How often a listener looks for notifications that arrived. diesel does not expose the
 /// connection's socket, so it cannot block on it; a look is a non-blocking read on the
 /// client, and nothing reaches the server. On SQLite a look reads `PRAGMA data_version`
-/// (shared memory, no file I/O).
+/// (shared memory, no file I/O); where the database's files can be watched (Linux), it
+/// looks this often only just after a write to them, and otherwise sleeps until one.
 const LISTEN_POLL: Duration = Duration::from_millis(1);
 
 /// A pooled connection that listens while it is out of the pool. It is one the pool
@@ -857,6 +860,22 @@ where
     statement_timeout: Duration,
     /// SQLite: the `data_version` last read; `None` until the first look.
     data_version: Option<i64>,
+    /// SQLite: what wakes `wait` between looks.
+    watch: Watch,
+}
+
+/// How a SQLite listener sleeps between its looks at `data_version`.
+enum Watch {
+    /// Not set up yet: done at the first look.
+    NotYet,
+    /// Until a write to the database's files (`watch.rs`), and for [`watch::HOT`] after
+    /// one, every millisecond (`hot_until`).
+    Files {
+        watch: FileWatch,
+        hot_until: Option<Instant>,
+    },
+    /// Every millisecond ([`LISTEN_POLL`]): no watch could be set up, or not SQLite.
+    Poll,
 }
 
 impl<M> Listener for PooledListener<M>
@@ -890,12 +909,50 @@ where
                 if self.data_version.replace(version) != Some(version) {
                     return Ok(Heard::Committed);
                 }
+                if matches!(self.watch, Watch::NotYet) {
+                    self.watch = match pooled.conn().database_file() {
+                        Ok(Some(file)) => {
+                            FileWatch::new(&file).map_or(Watch::Poll, |watch| Watch::Files {
+                                watch,
+                                hot_until: None,
+                            })
+                        }
+                        Ok(None) => Watch::Poll,
+                        Err(source) => {
+                            if breaks_connection(&source) {
+                                pooled.mark_broken();
+                            }
+                            return Err(source);
+                        }
+                    };
+                }
             }
             let now = Instant::now();
             if now >= until {
                 return Ok(Heard::Released(Vec::new()));
             }
-            std::thread::sleep(LISTEN_POLL.min(until - now));
+            let left = until - now;
+            match &mut self.watch {
+                Watch::Files { watch, hot_until } => {
+                    if hot_until.is_some_and(|hot| now < hot) {
+                        std::thread::sleep(LISTEN_POLL.min(left));
+                        continue;
+                    }
+                    match watch.wait(left) {
+                        Ok(true) => *hot_until = Some(Instant::now() + watch::HOT),
+                        // The caller's next wait looks first.
+                        Ok(false) => {
+                            *hot_until = None;
+                            return Ok(Heard::Released(Vec::new()));
+                        }
+                        Err(err) => {
+                            tracing::debug!("stopped watching the database file ({err})");
+                            self.watch = Watch::Poll;
+                        }
+                    }
+                }
+                Watch::NotYet | Watch::Poll => std::thread::sleep(LISTEN_POLL.min(left)),
+            }
         }
     }
 

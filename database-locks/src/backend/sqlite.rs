@@ -149,6 +149,10 @@ ON CONFLICT (name) DO NOTHING";
 // statement that changes nothing (a refused attempt) commits nothing.
 const DATA_VERSION: &str = "PRAGMA data_version";
 
+// The file the listener watches for writes (`backend::watch`): empty for `:memory:` and
+// temporary databases.
+const DATABASE_FILE: &str = "SELECT file AS name FROM pragma_database_list WHERE name = 'main'";
+
 // After a commit elsewhere, which of the rows waited for are free (released or expired):
 // the same bind twice, a JSON array of `[name, first, last, header]` per queue, where first..last
 // spans the rows of a semaphore `name` (`name␟` .. `name` + U+2420: names compare byte for
@@ -431,6 +435,15 @@ impl LockConnection for SqliteConnection {
         Ok(rows.first().map(|r| r.data_version))
     }
 
+    fn database_file(&mut self) -> QueryResult<Option<std::path::PathBuf>> {
+        let rows: Vec<Name> = Stmt::new(DATABASE_FILE, &[]).load(self)?;
+        Ok(rows
+            .into_iter()
+            .next()
+            .filter(|row| !row.name.is_empty())
+            .map(|row| row.name.into()))
+    }
+
     fn free_rows(&mut self, queues: &[String]) -> QueryResult<Vec<String>> {
         if queues.is_empty() {
             return Ok(Vec::new());
@@ -521,6 +534,50 @@ mod tests {
         let after = version(&mut watcher);
         assert_ne!(after, before, "another connection's release");
         assert_eq!(version(&mut watcher), after, "read twice, nothing new");
+    }
+
+    // What the listener's file watch relies on (`backend::watch`): a release in another
+    // connection writes the database's files (the log), a refused attempt and reads do
+    // not, so the watch sleeps through them.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_release_wakes_the_file_watch_and_a_refused_attempt_does_not() {
+        use crate::backend::watch::FileWatch;
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("locks.sqlite3");
+        let mut holder = open(&file);
+        holder.migrate().unwrap();
+        let mut waiter = open(&file);
+        let mut watcher = open(&file);
+        let watched = watcher.database_file().unwrap().expect("a file database");
+        assert_eq!(watched, file.canonicalize().unwrap());
+        let mut watch = FileWatch::new(&watched).expect("inotify works here");
+
+        let ttl = Some(Duration::from_secs(60));
+        let Attempt::Acquired { token } = holder.try_acquire("n", "h", ttl).unwrap() else {
+            panic!("a new name is free");
+        };
+        assert!(watch.wait(Duration::ZERO).unwrap(), "the acquisition wrote");
+        let refused = waiter.try_acquire("n", "w", ttl).unwrap();
+        assert!(matches!(refused, Attempt::Held { .. }), "{refused:?}");
+        version(&mut watcher);
+        assert!(
+            !watch.wait(Duration::ZERO).unwrap(),
+            "a refused attempt and a read write nothing"
+        );
+        let lease = Lease {
+            name: "n",
+            owner: "h",
+            token,
+        };
+        assert!(holder.release(lease, None).unwrap());
+        assert!(watch.wait(Duration::ZERO).unwrap(), "the release wrote");
+    }
+
+    #[test]
+    fn in_memory_databases_have_no_file() {
+        let mut conn = SqliteConnection::establish(":memory:").unwrap();
+        assert_eq!(conn.database_file().unwrap(), None);
     }
 
     #[test]
