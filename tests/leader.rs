@@ -14,7 +14,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::{unique_name, Db};
 use database_locks::{Config, DemotionCause, Locks, LossCause};
-use database_locks_testkit::{host_port, on_each_backend, read_row, FaultProxy, RawRow};
+use database_locks_testkit::{host_port, on_each_backend, read_row, FaultProxy};
 
 const HELPER: &str = env!("CARGO_BIN_EXE_leader-helper");
 const CANDIDATES: usize = 5;
@@ -308,6 +308,13 @@ on_each_backend!(
 /// before its lease ends by the database's clock, with `LossCause::Expired`; a candidate
 /// with a working connection takes over after that, with a larger token. SQLite is a
 /// file on this host: there is no connection to cut.
+///
+/// The other candidate starts only once the cut-off leader was demoted, so that the row
+/// read then is still the cut-off term's: its `expires_at` is when that lease ended by the
+/// database's clock, compared with when the demotion was told (this host's clock, which
+/// the databases here share). Reading the row inside the callback, as this test once did,
+/// raced the other candidate: on a loaded machine the read took longer than the half
+/// second between demotion and takeover.
 fn a_leader_behind_a_cut_connection_is_demoted_before_its_lease_ends(db: &Db) {
     let name = unique_name("leader-cut");
     let upstream = host_port(&db.url).expect("host:port in the URL");
@@ -318,62 +325,82 @@ fn a_leader_behind_a_cut_connection_is_demoted_before_its_lease_ends(db: &Db) {
             .statement_timeout(Duration::from_secs(1)),
     )
     .unwrap();
-    type Seen = (Instant, DemotionCause, Result<Option<RawRow>, String>);
-    let demoted: Arc<Mutex<Option<Seen>>> = Arc::default();
-    let (seen, kind, url, n) = (Arc::clone(&demoted), db.kind, db.url.clone(), name.clone());
+    let ttl = Duration::from_secs(4);
+    let demoted: Arc<Mutex<Option<(i64, DemotionCause)>>> = Arc::default();
+    let seen = Arc::clone(&demoted);
     let a = cut_off
         .leader(name.clone())
-        .lock_ttl(Duration::from_secs(4))
+        .lock_ttl(ttl)
         .lock_ttl_renew(Duration::from_secs(2))
         .retry(Duration::from_millis(250))
         .on_demoted(move |d| {
-            let at = Instant::now();
-            // The row as the database shows it now, on a connection of its own.
-            let row = read_row(kind, &url, &n);
+            let at = wall_us();
             seen.lock()
-                .unwrap()
-                .get_or_insert((at, d.cause.clone(), row));
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .get_or_insert((at, d.cause.clone()));
         })
         .start()
         .unwrap();
     let term = a
         .wait_elected(Duration::from_secs(30))
         .expect("elected through the proxy");
-    let direct = db.locks();
-    let b = direct
-        .leader(name.clone())
-        .lock_ttl(Duration::from_secs(4))
-        .retry(Duration::from_millis(250))
-        .start()
-        .unwrap();
     let _heal = Heal(&proxy);
     proxy.blackhole_all();
-    let next = b
-        .wait_elected(Duration::from_secs(30))
-        .expect("the other candidate took over");
-    let (demoted_at, cause, row) = demoted
-        .lock()
-        .unwrap()
-        .take()
-        .expect("the cut-off leader was demoted before the other was elected");
+    let cut_at = Instant::now();
+    let (demoted_us, cause) = loop {
+        let told = demoted
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let Some(told) = told {
+            break told;
+        }
+        assert!(
+            cut_at.elapsed() < Duration::from_secs(60),
+            "the cut-off leader was never demoted"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    };
     match &cause {
         DemotionCause::Lost(lost) => assert_eq!(lost.cause, LossCause::Expired, "{lost}"),
         other => panic!("demoted for {other:?}"),
     }
-    let row = row.unwrap().expect("row");
+    // Nobody else campaigns yet, and nothing of the cut-off handle reaches the database.
+    let row = read_row(db.kind, &db.url, &name).unwrap().expect("row");
     assert_eq!(row.token as u64, term.token, "{row:?}");
+    let lease_end = row.expires_at_us.expect("the term's lease, not released");
     assert!(
-        row.is_held(),
-        "demoted only after the lease ended by the database's clock: {row:?}"
+        demoted_us < lease_end,
+        "demoted {:.0} ms after its lease ended by the database's clock",
+        ms(demoted_us - lease_end)
     );
+
+    let direct = db.locks();
+    let b = direct
+        .leader(name.clone())
+        .lock_ttl(ttl)
+        .retry(Duration::from_millis(250))
+        .start()
+        .unwrap();
+    let next = b
+        .wait_elected(Duration::from_secs(30))
+        .expect("the other candidate took over");
     assert!(next.token > term.token);
-    assert!(next.elected_at > demoted_at);
+    // Its acquisition ran at its expiry minus its ttl (later still if it has renewed):
+    // after the cut-off lease ended.
+    let taken = read_row(db.kind, &db.url, &name).unwrap().expect("row");
+    let taken_at = taken.expires_at_us.expect("held") - ttl.as_micros() as i64;
+    assert!(
+        taken.token as u64 >= next.token && taken_at >= lease_end,
+        "taken {:.0} ms after the cut-off lease ended: {taken:?}",
+        ms(taken_at - lease_end)
+    );
     println!(
         "{:?}: cut off; demoted {:.0} ms before the lease's end (database clock), the other \
-         candidate elected {:.0} ms after the demotion",
+         candidate, started then, took over {:.0} ms after that end",
         db.kind,
-        ms(row.expires_at_us.unwrap() - row.now_us),
-        (next.elected_at - demoted_at).as_secs_f64() * 1000.0
+        ms(lease_end - demoted_us),
+        ms(taken_at - lease_end)
     );
     drop(b);
 }
