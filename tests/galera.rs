@@ -96,6 +96,13 @@ fn wsrep(url: &str) -> Result<Wsrep, String> {
     .map_err(|e| e.to_string())
 }
 
+/// One number a query reads (`... AS n`).
+#[derive(QueryableByName)]
+struct Value {
+    #[diesel(sql_type = BigInt)]
+    n: i64,
+}
+
 fn connect(url: &str) -> MysqlConnection {
     MysqlConnection::establish(url).unwrap_or_else(|e| panic!("cannot reach {url}: {e}"))
 }
@@ -144,11 +151,6 @@ fn processes_on_three_nodes_exclude_each_other() {
 
 /// A global status counter of one node (`wsrep_local_cert_failures`, ...).
 fn status_counter(url: &str, variable: &str) -> i64 {
-    #[derive(QueryableByName)]
-    struct Value {
-        #[diesel(sql_type = BigInt)]
-        n: i64,
-    }
     let value: Value = diesel::sql_query(format!(
         "SELECT CAST(VARIABLE_VALUE AS SIGNED) AS n FROM information_schema.GLOBAL_STATUS \
          WHERE VARIABLE_NAME = '{variable}'"
@@ -177,11 +179,6 @@ struct RetryAutocommit<'a> {
 
 impl<'a> RetryAutocommit<'a> {
     fn set(cluster: &'a Cluster, retries: i64) -> Self {
-        #[derive(QueryableByName)]
-        struct Value {
-            #[diesel(sql_type = BigInt)]
-            n: i64,
-        }
         let old: Value =
             diesel::sql_query("SELECT CAST(@@global.wsrep_retry_autocommit AS SIGNED) AS n")
                 .get_result(&mut connect(cluster.urls()[0]))
@@ -320,11 +317,6 @@ fn race_text(
     conns: &mut [MysqlConnection],
     statement: impl Fn(usize) -> String,
 ) -> Vec<Option<i64>> {
-    #[derive(QueryableByName)]
-    struct Value {
-        #[diesel(sql_type = BigInt)]
-        n: i64,
-    }
     let barrier = Barrier::new(conns.len());
     std::thread::scope(|s| {
         let running: Vec<_> = conns
@@ -460,12 +452,7 @@ fn isolated_on_two_nodes(cluster: &Cluster) -> (Db, Db) {
     diesel::sql_query("SET SESSION wsrep_sync_wait = @@global.wsrep_sync_wait | 1")
         .execute(&mut node2)
         .expect("causal reads on node 2");
-    #[derive(QueryableByName)]
-    struct Count {
-        #[diesel(sql_type = BigInt)]
-        n: i64,
-    }
-    let tables: Vec<Count> = diesel::sql_query(
+    let tables: Vec<Value> = diesel::sql_query(
         "SELECT COUNT(*) AS n FROM information_schema.tables WHERE table_schema = ?",
     )
     .bind::<Text, _>(database)

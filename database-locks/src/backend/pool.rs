@@ -812,26 +812,30 @@ where
 
     fn listener(&self, deadline: Instant) -> Option<Result<Box<dyn Listener>, OpError>> {
         let shared = Arc::clone(&self.shared);
-        let job = move |reply: Reply<Result<Option<PooledConnection<M>>, OpError>>| {
+        type Listening<M> = Option<(PooledConnection<M>, Option<std::path::PathBuf>)>;
+        let job = move |reply: Reply<Result<Listening<M>, OpError>>| {
             let outcome = (|| {
                 let mut checked = shared.checkout(deadline, Lane::Shared)?;
                 let listening = run_statement(&shared, &mut checked, "listen", |c| c.listen())?;
+                // SQLite: the file whose writes wake the listener; elsewhere no statement.
+                let file = run_statement(&shared, &mut checked, "listen", |c| c.database_file())?;
                 match checked {
-                    Checked::Pooled(pooled) if listening => Ok(Some(pooled)),
+                    Checked::Pooled(pooled) if listening => Ok(Some((pooled, file))),
                     _ => Ok(None),
                 }
             })();
-            if let Some(Ok(Some(mut late))) = reply.deliver(outcome) {
+            if let Some(Ok(Some((mut late, _)))) = reply.deliver(outcome) {
                 late.mark_broken();
             }
         };
         match self.dispatch("listen", Instant::now(), deadline, job, None) {
-            Ok(Some(pooled)) => Some(Ok(Box::new(PooledListener {
+            Ok(Some((pooled, file))) => Some(Ok(Box::new(PooledListener {
                 pooled: Some(pooled),
                 workers: Arc::clone(&self.workers),
                 statement_timeout: self.statement_timeout,
                 data_version: None,
-                watch: Watch::NotYet,
+                watch: file.as_deref().and_then(FileWatch::new),
+                hot_until: None,
             }))),
             Ok(None) => None,
             Err(err) => Some(Err(err)),
@@ -860,22 +864,12 @@ where
     statement_timeout: Duration,
     /// SQLite: the `data_version` last read; `None` until the first look.
     data_version: Option<i64>,
-    /// SQLite: what wakes `wait` between looks.
-    watch: Watch,
-}
-
-/// How a SQLite listener sleeps between its looks at `data_version`.
-enum Watch {
-    /// Not set up yet: done at the first look.
-    NotYet,
-    /// Until a write to the database's files (`watch.rs`), and for [`watch::HOT`] after
-    /// one, every millisecond (`hot_until`).
-    Files {
-        watch: FileWatch,
-        hot_until: Option<Instant>,
-    },
-    /// Every millisecond ([`LISTEN_POLL`]): no watch could be set up, or not SQLite.
-    Poll,
+    /// SQLite: what wakes `wait` between looks, a write to the database's files
+    /// (`watch.rs`). Without one (not SQLite, or the files cannot be watched) it looks
+    /// every [`LISTEN_POLL`].
+    watch: Option<FileWatch>,
+    /// Until when, after a write, it looks every [`LISTEN_POLL`] ([`watch::HOT`]).
+    hot_until: Option<Instant>,
 }
 
 impl<M> Listener for PooledListener<M>
@@ -909,49 +903,28 @@ where
                 if self.data_version.replace(version) != Some(version) {
                     return Ok(Heard::Committed);
                 }
-                if matches!(self.watch, Watch::NotYet) {
-                    self.watch = match pooled.conn().database_file() {
-                        Ok(Some(file)) => {
-                            FileWatch::new(&file).map_or(Watch::Poll, |watch| Watch::Files {
-                                watch,
-                                hot_until: None,
-                            })
-                        }
-                        Ok(None) => Watch::Poll,
-                        Err(source) => {
-                            if breaks_connection(&source) {
-                                pooled.mark_broken();
-                            }
-                            return Err(source);
-                        }
-                    };
-                }
             }
             let now = Instant::now();
             if now >= until {
                 return Ok(Heard::Released(Vec::new()));
             }
             let left = until - now;
-            match &mut self.watch {
-                Watch::Files { watch, hot_until } => {
-                    if hot_until.is_some_and(|hot| now < hot) {
-                        std::thread::sleep(LISTEN_POLL.min(left));
-                        continue;
-                    }
-                    match watch.wait(left) {
-                        Ok(true) => *hot_until = Some(Instant::now() + watch::HOT),
-                        // The caller's next wait looks first.
-                        Ok(false) => {
-                            *hot_until = None;
-                            return Ok(Heard::Released(Vec::new()));
-                        }
-                        Err(err) => {
-                            tracing::debug!("stopped watching the database file ({err})");
-                            self.watch = Watch::Poll;
-                        }
-                    }
+            let hot = self.hot_until.is_some_and(|hot| now < hot);
+            let Some(watch) = self.watch.as_mut().filter(|_| !hot) else {
+                std::thread::sleep(LISTEN_POLL.min(left));
+                continue;
+            };
+            match watch.wait(left) {
+                Ok(true) => self.hot_until = Some(Instant::now() + watch::HOT),
+                // The caller's next wait looks first.
+                Ok(false) => {
+                    self.hot_until = None;
+                    return Ok(Heard::Released(Vec::new()));
                 }
-                Watch::NotYet | Watch::Poll => std::thread::sleep(LISTEN_POLL.min(left)),
+                Err(err) => {
+                    tracing::debug!("stopped watching the database file ({err})");
+                    self.watch = None;
+                }
             }
         }
     }
