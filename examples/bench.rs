@@ -621,6 +621,7 @@ fn run(target: &Target, plan: &Plan) -> Res<()> {
     if on("fenced") {
         fenced(plan, &mut raw, &locks, &mut table)?;
     }
+    #[cfg(feature = "postgres")]
     if on("pooling") && target.kind == BackendKind::Postgres {
         pooling(target, plan, &mut raw, &mut table)?;
     }
@@ -825,6 +826,7 @@ fn fenced(plan: &Plan, raw: &mut Raw, locks: &Locks, table: &mut Table) -> Res<(
 /// statements directly, and through PgBouncer in transaction mode (`PGBOUNCER_DATABASE_URL`,
 /// default `scripts/pgbouncer`'s port; on its database's own `database_locks_lock`, as
 /// PgBouncer does not pass `search_path` on), each against the floor in the same rounds.
+#[cfg(feature = "postgres")]
 fn pooling(target: &Target, plan: &Plan, raw: &mut Raw, table: &mut Table) -> Res<()> {
     let unnamed = Locks::new(Config::new(target.url.clone()).prepared_statements(false))
         .map_err(|e| e.to_string())?;
@@ -847,24 +849,47 @@ fn pooling(target: &Target, plan: &Plan, raw: &mut Raw, table: &mut Table) -> Re
             false
         }
     };
+    // The floor where statements cannot be prepared by name: the same two UPDATEs, each
+    // parsed on every call (an unnamed statement, what diesel sends for `sql_query`),
+    // directly and through the same PgBouncer.
+    let mut unprepared_direct = UnpreparedFloor::connect(&target.url)?;
+    let mut unprepared_bouncer = if reachable {
+        Some(UnpreparedFloor::connect(&bouncer_url)?)
+    } else {
+        None
+    };
     let mut series: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
     let mut per_cycle: BTreeMap<&str, f64> = BTreeMap::new();
     for _ in 0..plan.rounds {
         let (floor, _) = rate(plan.round, || raw.floor_pair())?;
+        let (floor_unprepared, _) = rate(plan.round, || unprepared_direct.pair())?;
         let (direct, d_st) = rate(plan.round, cycle(&unnamed))?;
         series.entry("unnamed").or_default().push(direct);
         series
             .entry("unnamed/floor")
             .or_default()
             .push(direct / floor);
+        series
+            .entry("unnamed/unprepared floor")
+            .or_default()
+            .push(direct / floor_unprepared);
         per_cycle.insert("unnamed", d_st);
-        if reachable {
+        if let Some(floor_bouncer) = unprepared_bouncer.as_mut() {
+            let (floor_bouncer, _) = rate(plan.round, || floor_bouncer.pair())?;
             let (pooled, p_st) = rate(plan.round, cycle(&bouncer))?;
             series.entry("bouncer").or_default().push(pooled);
             series
                 .entry("bouncer/floor")
                 .or_default()
                 .push(pooled / floor);
+            series
+                .entry("bouncer floor")
+                .or_default()
+                .push(floor_bouncer);
+            series
+                .entry("bouncer/bouncer floor")
+                .or_default()
+                .push(pooled / floor_bouncer);
             per_cycle.insert("bouncer", p_st);
         }
     }
@@ -873,23 +898,63 @@ fn pooling(target: &Target, plan: &Plan, raw: &mut Raw, table: &mut Table) -> Re
         "acquire+release, prepared_statements(false), cycles/s",
         format!("{:.0}", get("unnamed")),
         format!(
-            "{:.2} x floor; {:.1} statements per cycle, each parsed every time",
+            "{:.2} x floor, {:.2} x the floor unprepared; {:.1} statements per cycle, each \
+             parsed every time",
             get("unnamed/floor"),
+            get("unnamed/unprepared floor"),
             per_cycle["unnamed"]
         ),
     );
     if reachable {
         table.row(
+            "floor through PgBouncer: two unprepared UPDATEs, pairs/s",
+            format!("{:.0}", get("bouncer floor")),
+            "what any client pays there: no statement can be prepared by name".to_string(),
+        );
+        table.row(
             "acquire+release through PgBouncer, transaction_pooling, cycles/s",
             format!("{:.0}", get("bouncer")),
             format!(
-                "{:.2} x the direct floor; {:.1} statements per cycle",
+                "{:.2} x the floor through the same PgBouncer (target >= 0.8), {:.2} x the \
+                 direct floor; {:.1} statements per cycle",
+                get("bouncer/bouncer floor"),
                 get("bouncer/floor"),
                 per_cycle["bouncer"]
             ),
         );
     }
     Ok(())
+}
+
+/// Two single-row autocommit UPDATEs of the scratch row, neither prepared by name: the
+/// floor behind a transaction pooler.
+#[cfg(feature = "postgres")]
+struct UnpreparedFloor(diesel::PgConnection);
+
+#[cfg(feature = "postgres")]
+impl UnpreparedFloor {
+    fn connect(url: &str) -> Res<Self> {
+        use diesel::Connection;
+        diesel::PgConnection::establish(url)
+            .map(UnpreparedFloor)
+            .map_err(|e| format!("{url}: {e}"))
+    }
+
+    fn pair(&mut self) -> Res<()> {
+        use diesel::RunQueryDsl;
+        for _ in 0..2 {
+            let n = diesel::sql_query(
+                "UPDATE database_locks_bench.bench_scratch SET v = v + 1 WHERE id = $1",
+            )
+            .bind::<diesel::sql_types::Integer, _>(1)
+            .execute(&mut self.0)
+            .map_err(|e| e.to_string())?;
+            if n != 1 {
+                return Err(format!("the scratch UPDATE changed {n} rows"));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// A tiny deterministic generator, to spread release moments over the poll period.
@@ -1065,16 +1130,29 @@ fn asynchronous(target: &Target, plan: &Plan, locks: &Locks, table: &mut Table) 
             guard.release_async().await.map_err(|e| e.to_string())
         })
     };
-    let (mut blocking, mut asynchronous) = (blocking, asynchronous);
+    // What an async cycle cannot avoid, with no statement at all: the attempt and the
+    // release each handed to another thread, and the task woken when it is done.
+    let hop = Hop::start()?;
+    let hops = || -> Res<()> {
+        runtime.block_on(async {
+            hop.round_trip().await?;
+            hop.round_trip().await
+        })
+    };
+    let (mut blocking, mut asynchronous, mut hops) = (blocking, asynchronous, hops);
     rate(Duration::from_millis(200), &mut asynchronous)?;
     let (mut b_rates, mut a_rates, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    let mut hop_rates = Vec::new();
     for _ in 0..plan.rounds {
         let (b, _) = rate(plan.round, &mut blocking)?;
         let (a, _) = rate(plan.round, &mut asynchronous)?;
+        let (h, _) = rate(plan.round, &mut hops)?;
         b_rates.push(b);
         a_rates.push(a);
         ratios.push(a / b);
+        hop_rates.push(h);
     }
+    let (b_us, h_us) = (1e6 / median(b_rates.clone()), 1e6 / median(hop_rates));
     table.row(
         "async acquire+release (tokio), uncontended, cycles/s",
         format!("{:.0}", median(a_rates)),
@@ -1082,6 +1160,15 @@ fn asynchronous(target: &Target, plan: &Plan, locks: &Locks, table: &mut Table) 
             "{:.2} x the blocking path's {:.0} in alternating rounds (target >= 0.8)",
             median(ratios),
             median(b_rates)
+        ),
+    );
+    table.row(
+        "two hand-offs to a thread and back, no statement, µs",
+        format!("{h_us:.1}"),
+        format!(
+            "what an async cycle adds to the blocking cycle's {b_us:.1} µs; alone it caps \
+             the ratio at {:.2}",
+            b_us / (b_us + h_us)
         ),
     );
 
@@ -1202,6 +1289,34 @@ fn asynchronous(target: &Target, plan: &Plan, locks: &Locks, table: &mut Table) 
         ),
     );
     Ok(())
+}
+
+/// A worker thread that runs jobs handed to it and wakes the task waiting for each: the
+/// least any async face on blocking statements pays per call (the crate's `offload`
+/// does this and runs the statement in between).
+struct Hop {
+    jobs: std::sync::mpsc::Sender<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Hop {
+    fn start() -> Res<Hop> {
+        let (jobs, inbox) = std::sync::mpsc::channel::<tokio::sync::oneshot::Sender<()>>();
+        thread::Builder::new()
+            .name("bench-hop".into())
+            .spawn(move || {
+                for done in inbox {
+                    let _ = done.send(());
+                }
+            })
+            .map_err(|e| e.to_string())?;
+        Ok(Hop { jobs })
+    }
+
+    async fn round_trip(&self) -> Res<()> {
+        let (done, finished) = tokio::sync::oneshot::channel();
+        self.jobs.send(done).map_err(|e| e.to_string())?;
+        finished.await.map_err(|e| e.to_string())
+    }
 }
 
 /// Critical sections per second and statements per critical section for `threads`
