@@ -109,7 +109,11 @@ fn listen_loop(hub: &Hub, store: &Weak<dyn Store>) {
             None => return,
         };
         let mut listener = match connected {
-            None => return, // this backend has no notifications
+            None => {
+                // MySQL on a Galera node or on an application's pool: no channel.
+                hub.set_notifications(Notifications::NoChannel);
+                return;
+            }
             Some(Ok(listener)) => listener,
             Some(Err(err)) => {
                 tracing::info!(
@@ -135,6 +139,10 @@ fn listen_loop(hub: &Hub, store: &Weak<dyn Store>) {
         if listener.watches_commits() {
             probe = Probe::NotNeeded;
             hub.set_notifications(Notifications::Watching);
+        } else if listener.session_locks() {
+            // Nothing between the two sessions can lose a grant: no check either.
+            probe = Probe::NotNeeded;
+            hub.set_notifications(Notifications::SessionLocks);
         } else if matches!(probe, Probe::Due) {
             hub.set_notifications(Notifications::Listening);
         }
@@ -166,7 +174,8 @@ enum Probe {
     Sent { payload: String, until: Instant },
     /// It came back.
     Delivered,
-    /// The listener watches the database's commits itself (SQLite).
+    /// The listener watches the database's commits itself (SQLite), or waits on session
+    /// locks (MySQL).
     NotNeeded,
 }
 
@@ -201,6 +210,9 @@ fn serve(
             return Served::ShutDown;
         }
         let busy = hub.queued() > 0;
+        if listener.session_locks() {
+            listener.set_waited(hub.lock_queue_names());
+        }
         match probe {
             Probe::Due if busy && listening_since.elapsed() >= PROBE_AFTER => {
                 let payload = probe_payload();
