@@ -295,7 +295,7 @@ impl Hub {
 /// Process-local bookkeeping of one handle.
 pub(crate) struct Local {
     hub: Arc<Hub>,
-    /// Whether waiters may listen for releases elsewhere (PostgreSQL, SQLite).
+    /// Whether waiters may listen for releases elsewhere.
     notify: bool,
     listening: OnceLock<Listening>,
 }
@@ -382,18 +382,16 @@ impl Local {
         }
     }
 
-    /// Starts listening for releases in other processes, once per handle, if the backend
-    /// can (PostgreSQL, SQLite) and `notify` is on.
+    /// Starts listening for releases in other processes, once per handle, if `notify` is
+    /// on (on MySQL only where the handle has a channel: see `notify.rs`).
     /// With `notify` off, says once per handle that waiting polls.
     pub(crate) fn listen(&self, store: &Arc<dyn Store>) {
         self.listening.get_or_init(|| {
             if !self.notify {
-                {
-                    tracing::info!(
-                        "release notifications are off (notify(false) or transaction \
-                         pooling): waiters poll at their retry period"
-                    );
-                }
+                tracing::info!(
+                    "release notifications are off (notify(false) or transaction \
+                     pooling): waiters poll at their retry period"
+                );
                 self.hub.set_notifications(Notifications::Off);
                 return Listening::Off;
             }

@@ -1,5 +1,5 @@
 //! Waking waiters when another process releases: PostgreSQL's `LISTEN`/`NOTIFY`, SQLite's
-//! `PRAGMA data_version`.
+//! `PRAGMA data_version`, MySQL's session locks.
 //!
 //! Each handle that has waiters keeps ONE connection, taken out of its pool, read by one
 //! thread (`database-locks-listen`) every millisecond, which hands the next attempt to the
@@ -24,6 +24,13 @@
 //! times a second, not 1,000. A refused attempt writes nothing, so waiters do not wake each other; any
 //! other commit (a renewal, another lock) costs each waiting process that one read. No
 //! check is needed: nothing stands between the file and the reader.
+//!
+//! MySQL/MariaDB: holders' channels (`channel.rs`) hold a session lock beside each row
+//! held for a few milliseconds; the listener blocks in `GET_LOCK` on the key of each
+//! name waited for, one connection of its own each, and hands the name's queue the next
+//! attempt when granted (`backend::session`). No check: nothing stands between the two
+//! sessions. On a Galera node, or for a handle on an application's pool, there is no
+//! listener and waiters poll.
 //!
 //! `Config::notify(false)` (`DATABASE_LOCKS_NOTIFY=false`) skips all of this.
 
