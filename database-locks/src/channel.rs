@@ -67,6 +67,8 @@ struct State {
     shutdown: bool,
     /// While the thread sleeps: until when (`None`: until told).
     asleep: Option<Option<Instant>>,
+    /// A taken key's guard released its row: the thread lets it go before it takes more.
+    release_pending: bool,
 }
 
 #[derive(Default)]
@@ -139,6 +141,7 @@ impl Channel {
         };
         if entry.key.is_some() {
             entry.released = true;
+            state.release_pending = true;
             self.shared.changed.notify_one();
         } else {
             // Not taken (or being taken: the thread lets it go when it finds it gone).
@@ -280,6 +283,7 @@ fn plan(
     idle_since: Instant,
 ) -> Work {
     let mut release = Vec::new();
+    state.release_pending = false;
     state.entries.retain(|_, e| {
         // A lease lost meanwhile is somebody else's row now: do not stand in its way.
         let done = e.released || e.lease.upgrade().is_none_or(|l| l.is_lost());
@@ -333,7 +337,9 @@ fn next_wake(
 }
 
 /// Takes the keys of `due` guards; one that is released or gone meanwhile is let go at
-/// once. `Err` when the connection failed.
+/// once. Stops early when a taken key's guard released its row, so that a waiter is not
+/// kept waiting behind a long run of takes (a handle that just acquired thousands of
+/// locks); the rest are taken next time round. `Err` when the connection failed.
 fn take(
     shared: &Shared,
     session: &Session,
@@ -341,6 +347,9 @@ fn take(
     due: Vec<(u64, String)>,
 ) -> Result<(), String> {
     for (id, name) in due {
+        if shared.state.lock().release_pending {
+            return Ok(());
+        }
         let deadline = Instant::now() + session.statement_timeout;
         if conn.is_none() {
             let opened = session.open(deadline)?;

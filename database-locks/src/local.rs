@@ -255,15 +255,19 @@ impl Hub {
             .collect()
     }
 
-    /// [`queue_names`](Self::queue_names) of locks only: what a session-lock listener
-    /// waits on (a semaphore's waiters poll on MySQL).
+    /// What a session-lock listener waits on (MySQL): the locks (a semaphore's waiters
+    /// poll there) that no guard of this handle holds and whose queue waits for a holder
+    /// elsewhere: not while one of its waiters has been handed the next attempt or makes
+    /// one (a hand-off within the handle, which a look would only slow down).
     pub(crate) fn lock_queue_names(&self) -> Vec<String> {
         let state = self.state.lock();
         state
             .queues
             .iter()
             .filter(|(name, queue)| {
-                !state.held.contains_key(*name) && queue.iter().any(|w| !w.permit)
+                !state.held.contains_key(*name)
+                    && queue.iter().any(|w| !w.permit)
+                    && !queue.iter().any(|w| w.turn || w.attempting)
             })
             .map(|(name, _)| name.clone())
             .collect()
@@ -743,6 +747,31 @@ mod tests {
         waiter.end_attempt();
         local.hub.wake_fronts();
         assert_eq!(woken(&waiter, true), Wake::Turn);
+    }
+
+    /// What a MySQL listener waits on: a lock whose front was refused, not one held here,
+    /// handed over within the handle, or a semaphore's.
+    #[test]
+    fn the_session_listener_waits_only_for_holders_elsewhere() {
+        let local = Local::new(None, false);
+        let (waiter, _) = local.enqueue("n", "b", true, false);
+        let (_permit, _) = local.enqueue("sem", "c", true, true);
+        assert_eq!(local.hub.lock_queue_names(), ["n"]);
+        waiter.begin_attempt();
+        assert!(local.hub.lock_queue_names().is_empty(), "attempting");
+        waiter.end_attempt();
+        assert_eq!(
+            local.hub.lock_queue_names(),
+            ["n"],
+            "refused: held elsewhere"
+        );
+        let guard = local.acquired("n", "a", false, Some(std::thread::current().id()));
+        assert!(local.hub.lock_queue_names().is_empty(), "held here");
+        local.released("n", guard);
+        assert!(
+            local.hub.lock_queue_names().is_empty(),
+            "handed the next attempt"
+        );
     }
 
     #[test]
