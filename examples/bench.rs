@@ -730,6 +730,9 @@ fn uncontended(
             per_cycle["on"]
         ),
     );
+    if target.kind == BackendKind::Mysql {
+        channel_cost(target, plan, locks, table)?;
+    }
     if has_reference {
         let what = match target.kind {
             BackendKind::Postgres => "pg_try_advisory_lock + pg_advisory_unlock",
@@ -744,6 +747,44 @@ fn uncontended(
             ),
         );
     }
+    Ok(())
+}
+
+/// MySQL: what the wake-up channel (session locks, `channel.rs`) costs an uncontended
+/// cycle, in alternating rounds against a handle with `notify(false)`, which has none.
+/// Sections shorter than its delay (5 ms) take no session lock; what is left is its
+/// bookkeeping and the thread's wake-ups.
+fn channel_cost(target: &Target, plan: &Plan, locks: &Locks, table: &mut Table) -> Res<()> {
+    let quiet =
+        Locks::new(Config::new(target.url.clone()).notify(false)).map_err(|e| e.to_string())?;
+    let mut with = acquire_release(locks, "bench.channel", true);
+    let mut without = acquire_release(&quiet, "bench.channel", true);
+    rate(Duration::from_millis(200), &mut with)?;
+    rate(Duration::from_millis(200), &mut without)?;
+    let (mut on, mut off, mut ratio) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut on_st, mut off_st) = (0.0, 0.0);
+    for round in 0..plan.rounds {
+        // ABBA: neither side always runs first in its round.
+        let ((a, a_st), (b, b_st)) = if round % 2 == 0 {
+            let a = rate(plan.round, &mut with)?;
+            (a, rate(plan.round, &mut without)?)
+        } else {
+            let b = rate(plan.round, &mut without)?;
+            (rate(plan.round, &mut with)?, b)
+        };
+        on.push(a);
+        off.push(b);
+        ratio.push(a / b);
+        (on_st, off_st) = (a_st, b_st);
+    }
+    table.row(
+        "acquire+release, wake-up channel on / off, cycles/s",
+        format!("{:.0} / {:.0}", median(on), median(off)),
+        format!(
+            "{:.3} x (target >= 0.95), alternating rounds (ABBA); {on_st:.1} / {off_st:.1} statements per cycle",
+            median(ratio)
+        ),
+    );
     Ok(())
 }
 
@@ -975,8 +1016,15 @@ impl Lcg {
 /// on the same handle as the holder.
 fn handoff(target: &Target, plan: &Plan, locks: &Locks, table: &mut Table) -> Res<()> {
     let other = target.locks()?;
+    // MySQL: the same run without the wake-up channel, for comparison.
+    let quiet =
+        Locks::new(Config::new(target.url.clone()).notify(false)).map_err(|e| e.to_string())?;
+    let mut handles = vec![("another handle", &other), ("the same handle", locks)];
+    if target.kind == BackendKind::Mysql {
+        handles.insert(1, ("another handle, notify(false)", &quiet));
+    }
     // Another handle has its own pool and listener: what another process sees.
-    for (label, waiter_locks) in [("another handle", &other), ("the same handle", locks)] {
+    for (label, waiter_locks) in handles {
         let name = format!("bench.handoff.{}", label.replace(' ', "-"));
         let mut latencies = Vec::with_capacity(plan.handoffs);
         let mut rng = Lcg(7);
@@ -1016,11 +1064,15 @@ fn handoff(target: &Target, plan: &Plan, locks: &Locks, table: &mut Table) -> Re
         latencies.sort();
         let how = match (target.kind, label) {
             (_, "the same handle") => "woken by the release in this process",
+            (_, "another handle, notify(false)") => "polls every 500 ms (default retry)",
+            (BackendKind::Mysql, _) => {
+                "woken by the session lock (GET_LOCK) the holder's channel lets go"
+            }
             (BackendKind::Postgres, _) => "woken by NOTIFY",
             (BackendKind::Sqlite, _) => {
                 "woken by the commit (inotify on the file, then PRAGMA data_version, not counted)"
             }
-            _ => "polls every 500 ms (default retry); no notification on this backend",
+            _ => "polls every 500 ms (default retry)",
         };
         table.row(
             format!(

@@ -93,11 +93,12 @@ impl Acquisition {
         // Registered until dropped; a waiting acquisition joins the name's queue (see
         // `local.rs`): only its front polls, and a release hands the front the next
         // attempt.
-        let (waiter, attempt) =
-            req.locks
-                .inner
-                .local
-                .enqueue(&req.name, &req.owner, req.retry.is_some());
+        let (waiter, attempt) = req.locks.inner.local.enqueue(
+            &req.name,
+            &req.owner,
+            req.retry.is_some(),
+            req.semaphore.is_some(),
+        );
         Acquisition {
             req,
             waiter,

@@ -94,7 +94,7 @@ impl Config {
     /// | `DATABASE_LOCKS_STATEMENT_TIMEOUT` | seconds one statement may take before its connection is abandoned, see [`Config::statement_timeout`] | `10` |
     /// | `DATABASE_LOCKS_POOL_MAX_SIZE` | statements the handle runs at once, see [`Config::pool_max_size`] | `10` |
     /// | `DATABASE_LOCKS_TRANSACTION_POOLING` | `true`: behind PgBouncer in transaction mode, see [`Config::transaction_pooling`] | `false` |
-    /// | `DATABASE_LOCKS_NOTIFY` | `false`: waiters are not woken by releases elsewhere (PostgreSQL `LISTEN`, SQLite `data_version`), see [`Config::notify`] | `true` |
+    /// | `DATABASE_LOCKS_NOTIFY` | `false`: waiters are not woken by releases elsewhere (PostgreSQL `LISTEN`, SQLite `data_version`, MySQL session locks), see [`Config::notify`] | `true` |
     /// | `DATABASE_LOCKS_PREPARED_STATEMENTS` | `false`: no statement is prepared by name, see [`Config::prepared_statements`] | `true` |
     ///
     /// A malformed value is an [`Error::Config`] that names the variable.
@@ -282,8 +282,7 @@ impl Config {
         self.statement_timeout
     }
 
-    /// Whether waiters are woken by releases in other processes (default `true`), on
-    /// PostgreSQL and SQLite. While a handle has waiters it keeps one connection out of
+    /// Whether waiters are woken by releases in other processes (default `true`). While a handle has waiters it keeps one connection out of
     /// its pool and reads it every millisecond, and wakes the first waiter of each
     /// released name, so a hand-off takes milliseconds instead of up to a retry period.
     /// PostgreSQL: each release sends `NOTIFY` and that connection `LISTEN`s. SQLite: the
@@ -299,7 +298,14 @@ impl Config {
     /// itself (a second after it starts, it checks that a notification of its own arrives;
     /// if not, it logs a warning and the handle polls), but `LISTEN` through such a pooler
     /// leaves its registration on a server connection other clients get. Releases still
-    /// send `NOTIFY`, for the processes that listen. MySQL ignores the setting.
+    /// send `NOTIFY`, for the processes that listen.
+    ///
+    /// MySQL/MariaDB: a lock held 5 ms or longer is announced through a session lock that
+    /// a connection of the handle's own holds beside the row (`GET_LOCK`), let go right
+    /// after the release; waiters elsewhere block on it, one connection per name waited
+    /// for. Off, holders take none and waiters poll. A Galera node (session locks are per
+    /// node) and a handle on an application's pool ([`Locks::from_pool`](crate::Locks::from_pool))
+    /// poll whatever the setting. DESIGN.md §3 has the statements.
     ///
     /// ```
     /// let config = database_locks::Config::new("postgres://app@db:5432/app").notify(false);
@@ -310,7 +316,7 @@ impl Config {
         self
     }
 
-    /// Whether waiters listen for releases in other processes (PostgreSQL, SQLite).
+    /// Whether waiters are woken by releases in other processes.
     pub fn get_notify(&self) -> bool {
         self.notify
     }

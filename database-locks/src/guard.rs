@@ -94,6 +94,7 @@ impl LockGuard {
             .local
             .acquired(&lease.name, &lease.owner, pinned, thread);
         crate::observe::held(&lease.name);
+        locks.channel_held(local_id, &lease);
         LockGuard {
             name: lease.name.clone(),
             held: Some(Held {
@@ -390,6 +391,8 @@ fn release(name: &str, held: Held, wait: Wait) -> Result<()> {
             _ => break outcome,
         }
     };
+    // The row first, then the session lock: a waiter it wakes finds the row free.
+    locks.channel_released(local_id);
     locks.inner.local.released(name, local_id);
     let token = pending.lease.token;
     span.record(
@@ -435,7 +438,8 @@ impl Drop for LockGuard {
             // Never a round trip on an executor's thread: the release goes to a worker of
             // the crate (and on from there to the background releaser if it fails).
             let name = self.name.clone();
-            let (lease, locks) = (Arc::clone(&held.lease), held.locks.clone());
+            let (lease, locks, local_id) =
+                (Arc::clone(&held.lease), held.locks.clone(), held.local_id);
             let spawned = crate::offload::detach(move || {
                 if let Err(err) = release(&name, held, Wait::Briefly) {
                     tracing::warn!(lock = %name, "releasing the lock on drop failed: {err}");
@@ -446,6 +450,7 @@ impl Drop for LockGuard {
                 tracing::warn!(lock = %self.name, "cannot start a thread to release the lock ({err}); its lease will expire");
                 crate::observe::released(&lease.name, Duration::ZERO);
                 lease.finish();
+                locks.channel_released(local_id);
                 if let Some(renewer) = locks.inner_renewer() {
                     renewer.remove(&lease);
                 }

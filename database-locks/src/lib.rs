@@ -57,6 +57,7 @@
 mod acquire;
 mod backend;
 mod builder;
+mod channel;
 mod command;
 mod config;
 mod error;

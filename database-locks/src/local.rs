@@ -20,7 +20,6 @@ use std::time::Instant;
 use parking_lot::{Condvar, Mutex};
 
 use crate::backend::pool::Store;
-use crate::config::BackendKind;
 use crate::notify::Listening;
 use crate::observe::{self, Wakeup};
 use crate::status::StatusFile;
@@ -32,6 +31,8 @@ struct Waiting {
     turn: bool,
     /// While its attempt runs: newcomers must not barge in meanwhile.
     attempting: bool,
+    /// A permit of a semaphore of this name, not the lock.
+    permit: bool,
     wake: Arc<Signal>,
 }
 
@@ -212,6 +213,12 @@ pub(crate) enum Notifications {
     /// SQLite: the listener watches the file's commits (`PRAGMA data_version`); nothing
     /// between can lose one, so there is nothing to check.
     Watching,
+    /// MySQL/MariaDB: the listener waits on the session locks (`GET_LOCK`) that holders'
+    /// channels take beside their rows (`backend::session`).
+    SessionLocks,
+    /// MySQL/MariaDB without a channel: a Galera node (session locks are per node), or a
+    /// handle on an application's pool. Waiters poll.
+    NoChannel,
 }
 
 impl Hub {
@@ -248,6 +255,24 @@ impl Hub {
             .collect()
     }
 
+    /// What a session-lock listener waits on (MySQL): the locks (a semaphore's waiters
+    /// poll there) that no guard of this handle holds and whose queue waits for a holder
+    /// elsewhere: not while one of its waiters has been handed the next attempt or makes
+    /// one (a hand-off within the handle, which a look would only slow down).
+    pub(crate) fn lock_queue_names(&self) -> Vec<String> {
+        let state = self.state.lock();
+        state
+            .queues
+            .iter()
+            .filter(|(name, queue)| {
+                !state.held.contains_key(*name)
+                    && queue.iter().any(|w| !w.permit)
+                    && !queue.iter().any(|w| w.turn || w.attempting)
+            })
+            .map(|(name, _)| name.clone())
+            .collect()
+    }
+
     pub(crate) fn queued(&self) -> usize {
         self.state.lock().queued
     }
@@ -274,7 +299,7 @@ impl Hub {
 /// Process-local bookkeeping of one handle.
 pub(crate) struct Local {
     hub: Arc<Hub>,
-    /// Whether waiters may listen for releases elsewhere (PostgreSQL, SQLite).
+    /// Whether waiters may listen for releases elsewhere.
     notify: bool,
     listening: OnceLock<Listening>,
 }
@@ -361,18 +386,16 @@ impl Local {
         }
     }
 
-    /// Starts listening for releases in other processes, once per handle, if the backend
-    /// can (PostgreSQL, SQLite) and `notify` is on.
+    /// Starts listening for releases in other processes, once per handle, if `notify` is
+    /// on (on MySQL only where the handle has a channel: see `notify.rs`).
     /// With `notify` off, says once per handle that waiting polls.
     pub(crate) fn listen(&self, store: &Arc<dyn Store>) {
         self.listening.get_or_init(|| {
             if !self.notify {
-                if matches!(store.kind(), BackendKind::Postgres | BackendKind::Sqlite) {
-                    tracing::info!(
-                        "release notifications are off (notify(false) or transaction \
-                         pooling): waiters poll at their retry period"
-                    );
-                }
+                tracing::info!(
+                    "release notifications are off (notify(false) or transaction \
+                     pooling): waiters poll at their retry period"
+                );
                 self.hub.set_notifications(Notifications::Off);
                 return Listening::Off;
             }
@@ -381,11 +404,17 @@ impl Local {
         });
     }
 
-    /// Registers an acquisition of `name` by `owner`. One that waits (`queued`) joins the
-    /// name's queue. Returns the registration and whether to attempt at once: not when a
+    /// Registers an acquisition of `name` (a lock, or a semaphore: `permit`) by `owner`.
+    /// One that waits (`queued`) joins the name's queue. Returns the registration and whether to attempt at once: not when a
     /// guard of this handle with another owner holds the name (the database would refuse)
     /// or another waiter has been handed the next attempt (that would be barging).
-    pub(crate) fn enqueue(&self, name: &str, owner: &str, queued: bool) -> (Waiter, bool) {
+    pub(crate) fn enqueue(
+        &self,
+        name: &str,
+        owner: &str,
+        queued: bool,
+        permit: bool,
+    ) -> (Waiter, bool) {
         let wake = Arc::new(Signal::default());
         let (id, attempt) = {
             let mut state = self.hub.state.lock();
@@ -408,6 +437,7 @@ impl Local {
                         id,
                         turn: false,
                         attempting: false,
+                        permit,
                         wake: Arc::clone(&wake),
                     });
                 state.queued += 1;
@@ -632,9 +662,9 @@ mod tests {
     fn a_release_hands_the_next_attempt_to_the_first_waiter_only() {
         let local = Local::new(None, false);
         let guard = local.acquired("n", "a", false, Some(std::thread::current().id()));
-        let (first, attempt) = local.enqueue("n", "b", true);
+        let (first, attempt) = local.enqueue("n", "b", true, false);
         assert!(!attempt, "held here by another owner: no attempt");
-        let (second, _) = local.enqueue("n", "c", true);
+        let (second, _) = local.enqueue("n", "c", true, false);
         assert!(first.is_front() && !second.is_front());
         assert_eq!(woken(&first, true), Wake::Timer);
         local.released("n", guard);
@@ -646,18 +676,24 @@ mod tests {
     fn a_newcomer_does_not_barge_past_a_waiter_given_the_turn() {
         let local = Local::new(None, false);
         let guard = local.acquired("n", "a", false, Some(std::thread::current().id()));
-        let (first, _) = local.enqueue("n", "b", true);
+        let (first, _) = local.enqueue("n", "b", true, false);
         local.released("n", guard);
-        assert!(!local.enqueue("n", "c", true).1, "the turn is handed out");
+        assert!(
+            !local.enqueue("n", "c", true, false).1,
+            "the turn is handed out"
+        );
         first.begin_attempt();
-        assert!(!local.enqueue("n", "c", true).1, "the turn is being used");
+        assert!(
+            !local.enqueue("n", "c", true, false).1,
+            "the turn is being used"
+        );
         first.end_attempt();
         assert!(
-            local.enqueue("n", "c", true).1,
+            local.enqueue("n", "c", true, false).1,
             "refused: held elsewhere, anyone may look"
         );
         assert!(
-            local.enqueue("n", "c", false).1,
+            local.enqueue("n", "c", false, false).1,
             "a single attempt never waits"
         );
     }
@@ -666,16 +702,16 @@ mod tests {
     fn the_same_owner_attempts_at_once() {
         let local = Local::new(None, false);
         let _guard = local.acquired("n", "a", false, Some(std::thread::current().id()));
-        assert!(local.enqueue("n", "a", true).1);
-        assert!(!local.enqueue("n", "b", true).1);
+        assert!(local.enqueue("n", "a", true, false).1);
+        assert!(!local.enqueue("n", "b", true, false).1);
     }
 
     #[test]
     fn a_waiter_leaving_with_the_turn_passes_it_on() {
         let local = Local::new(None, false);
         let guard = local.acquired("n", "a", false, Some(std::thread::current().id()));
-        let (first, _) = local.enqueue("n", "b", true);
-        let (second, _) = local.enqueue("n", "c", true);
+        let (first, _) = local.enqueue("n", "b", true, false);
+        let (second, _) = local.enqueue("n", "c", true, false);
         local.released("n", guard);
         drop(first);
         assert!(second.is_front());
@@ -685,8 +721,8 @@ mod tests {
     #[test]
     fn the_next_waiter_is_promoted_when_the_front_acquires() {
         let local = Local::new(None, false);
-        let (first, _) = local.enqueue("n", "b", true);
-        let (second, _) = local.enqueue("n", "c", true);
+        let (first, _) = local.enqueue("n", "b", true, false);
+        let (second, _) = local.enqueue("n", "c", true, false);
         first.begin_attempt();
         let _guard = local.acquired("n", "b", false, Some(std::thread::current().id()));
         drop(first);
@@ -699,7 +735,7 @@ mod tests {
     fn notifications_wake_the_front_unless_the_name_is_held_here() {
         let local = Local::new(None, false);
         let guard = local.acquired("n", "a", false, Some(std::thread::current().id()));
-        let (waiter, _) = local.enqueue("n", "b", true);
+        let (waiter, _) = local.enqueue("n", "b", true, false);
         local.hub.notified("n");
         assert_eq!(woken(&waiter, true), Wake::Timer);
         local.released("n", guard);
@@ -713,11 +749,36 @@ mod tests {
         assert_eq!(woken(&waiter, true), Wake::Turn);
     }
 
+    /// What a MySQL listener waits on: a lock whose front was refused, not one held here,
+    /// handed over within the handle, or a semaphore's.
+    #[test]
+    fn the_session_listener_waits_only_for_holders_elsewhere() {
+        let local = Local::new(None, false);
+        let (waiter, _) = local.enqueue("n", "b", true, false);
+        let (_permit, _) = local.enqueue("sem", "c", true, true);
+        assert_eq!(local.hub.lock_queue_names(), ["n"]);
+        waiter.begin_attempt();
+        assert!(local.hub.lock_queue_names().is_empty(), "attempting");
+        waiter.end_attempt();
+        assert_eq!(
+            local.hub.lock_queue_names(),
+            ["n"],
+            "refused: held elsewhere"
+        );
+        let guard = local.acquired("n", "a", false, Some(std::thread::current().id()));
+        assert!(local.hub.lock_queue_names().is_empty(), "held here");
+        local.released("n", guard);
+        assert!(
+            local.hub.lock_queue_names().is_empty(),
+            "handed the next attempt"
+        );
+    }
+
     #[test]
     fn names_are_forgotten_when_nobody_holds_or_waits() {
         let local = Local::new(None, false);
         let guard = local.acquired("n", "a", false, Some(std::thread::current().id()));
-        let (waiter, _) = local.enqueue("n", "b", true);
+        let (waiter, _) = local.enqueue("n", "b", true, false);
         local.released("n", guard);
         drop(waiter);
         let state = local.hub.state.lock();
@@ -731,7 +792,10 @@ mod tests {
         let one = local.acquired("n", "a", false, Some(std::thread::current().id()));
         let two = local.acquired("n", "a", false, Some(std::thread::current().id()));
         local.released("n", one);
-        assert!(!local.enqueue("n", "b", true).1, "still held by the second");
+        assert!(
+            !local.enqueue("n", "b", true, false).1,
+            "still held by the second"
+        );
         local.released("n", two);
         assert!(local.hub.state.lock().held.is_empty());
     }
@@ -762,7 +826,7 @@ mod tests {
                     std::thread::spawn(move || {
                         let name = format!("n{t}");
                         for _ in 0..200 {
-                            let (waiter, _) = local.enqueue(&name, "o", false);
+                            let (waiter, _) = local.enqueue(&name, "o", false, false);
                             let id = local.acquired(
                                 &name,
                                 "o",

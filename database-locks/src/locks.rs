@@ -12,6 +12,7 @@ use parking_lot::{Mutex, RwLock};
 use crate::backend::pool::{Manager, OpError, PoolStore, Store, Suspect};
 use crate::backend::{Failure, LockConnection, LockInfo, Migration};
 use crate::builder::LockBuilder;
+use crate::channel::Channel;
 use crate::config::{BackendKind, Config};
 use crate::error::{Error, Result};
 use crate::leader::LeaderBuilder;
@@ -33,6 +34,8 @@ pub(crate) struct Inner {
     pub(crate) store: Arc<dyn Store>,
     pub(crate) settings: RwLock<Settings>,
     pub(crate) local: Local,
+    /// MySQL with `notify`: the session locks that wake waiters elsewhere (`channel.rs`).
+    channel: Option<Channel>,
     renewer: OnceLock<Renewer>,
     releaser: OnceLock<Releaser>,
     /// Set once the table is known to be usable.
@@ -130,6 +133,7 @@ impl Locks {
     }
 
     fn from_store(store: Arc<dyn Store>, config: &Config) -> Self {
+        let channel = (store.kind() == BackendKind::Mysql && config.notify).then(Channel::default);
         Locks {
             inner: Arc::new(Inner {
                 store,
@@ -140,6 +144,7 @@ impl Locks {
                     auto_migrate: config.auto_migrate,
                 }),
                 local: Local::new(config.status_file.clone(), config.notify),
+                channel,
                 renewer: OnceLock::new(),
                 releaser: OnceLock::new(),
                 ready: Mutex::new(false),
@@ -519,6 +524,21 @@ pub(crate) fn default_owner() -> String {
 impl Locks {
     pub(crate) fn inner_renewer(&self) -> Option<&Renewer> {
         self.inner.renewer.get()
+    }
+
+    /// Guard `id` of this handle holds `lease`'s row: its channel (MySQL) takes the
+    /// session lock once it has held it a moment.
+    pub(crate) fn channel_held(&self, id: u64, lease: &Arc<crate::lease::LeaseState>) {
+        if let Some(channel) = &self.inner.channel {
+            channel.held(&self.inner.store, id, lease);
+        }
+    }
+
+    /// Guard `id` released its row, or gave it up: the channel lets the session lock go.
+    pub(crate) fn channel_released(&self, id: u64) {
+        if let Some(channel) = &self.inner.channel {
+            channel.released(id);
+        }
     }
 }
 

@@ -1,5 +1,5 @@
 //! Waking waiters when another process releases: PostgreSQL's `LISTEN`/`NOTIFY`, SQLite's
-//! `PRAGMA data_version`.
+//! `PRAGMA data_version`, MySQL's session locks.
 //!
 //! Each handle that has waiters keeps ONE connection, taken out of its pool, read by one
 //! thread (`database-locks-listen`) every millisecond, which hands the next attempt to the
@@ -24,6 +24,13 @@
 //! times a second, not 1,000. A refused attempt writes nothing, so waiters do not wake each other; any
 //! other commit (a renewal, another lock) costs each waiting process that one read. No
 //! check is needed: nothing stands between the file and the reader.
+//!
+//! MySQL/MariaDB: holders' channels (`channel.rs`) hold a session lock beside each row
+//! held for a few milliseconds; the listener blocks in `GET_LOCK` on the key of each
+//! name waited for, one connection of its own each, and hands the name's queue the next
+//! attempt when granted (`backend::session`). No check: nothing stands between the two
+//! sessions. On a Galera node, or for a handle on an application's pool, there is no
+//! listener and waiters poll.
 //!
 //! `Config::notify(false)` (`DATABASE_LOCKS_NOTIFY=false`) skips all of this.
 
@@ -109,7 +116,11 @@ fn listen_loop(hub: &Hub, store: &Weak<dyn Store>) {
             None => return,
         };
         let mut listener = match connected {
-            None => return, // this backend has no notifications
+            None => {
+                // MySQL on a Galera node or on an application's pool: no channel.
+                hub.set_notifications(Notifications::NoChannel);
+                return;
+            }
             Some(Ok(listener)) => listener,
             Some(Err(err)) => {
                 tracing::info!(
@@ -135,6 +146,10 @@ fn listen_loop(hub: &Hub, store: &Weak<dyn Store>) {
         if listener.watches_commits() {
             probe = Probe::NotNeeded;
             hub.set_notifications(Notifications::Watching);
+        } else if listener.session_locks() {
+            // Nothing between the two sessions can lose a grant: no check either.
+            probe = Probe::NotNeeded;
+            hub.set_notifications(Notifications::SessionLocks);
         } else if matches!(probe, Probe::Due) {
             hub.set_notifications(Notifications::Listening);
         }
@@ -166,7 +181,8 @@ enum Probe {
     Sent { payload: String, until: Instant },
     /// It came back.
     Delivered,
-    /// The listener watches the database's commits itself (SQLite).
+    /// The listener watches the database's commits itself (SQLite), or waits on session
+    /// locks (MySQL).
     NotNeeded,
 }
 
@@ -201,6 +217,9 @@ fn serve(
             return Served::ShutDown;
         }
         let busy = hub.queued() > 0;
+        if listener.session_locks() {
+            listener.set_waited(hub.lock_queue_names());
+        }
         match probe {
             Probe::Due if busy && listening_since.elapsed() >= PROBE_AFTER => {
                 let payload = probe_payload();

@@ -1,8 +1,10 @@
-//! Test support for `tests/sqlite_wake.rs`, not part of the public API: one waiter in a
-//! process of its own, which says when its first attempt has been refused.
+//! Test support for `tests/sqlite_wake.rs` and `tests/mysql_wake.rs`, not part of the
+//! public API: one waiter in a process of its own, which says when its first attempt has
+//! been refused; or one holder.
 //!
 //! ```text
 //! wake-helper wait URL NAME PERMITS RETRY TIMEOUT
+//! wake-helper hold URL NAME TTL
 //! ```
 //! Waits for the lock NAME (PERMITS 0), or for a permit of the semaphore NAME of PERMITS,
 //! polling every RETRY seconds and giving up after TIMEOUT. Settings other than the URL
@@ -11,6 +13,9 @@
 //!   (`Watching`, `Off`): the handle sets that only after the first attempt was refused;
 //! - then `acquired TOKEN MS`, `timeout MS` or `error ...`, MS counted from the start of
 //!   the acquisition; then it releases and exits.
+//!
+//! `hold` takes the lock NAME with a lease of TTL seconds (renewed), prints `held TOKEN`
+//! and sleeps until killed.
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -34,7 +39,15 @@ fn report_waiting(locks: Locks, limit: Duration) {
         let until = Instant::now() + limit;
         while Instant::now() < until {
             let debug = format!("{locks:?}");
-            for state in ["Watching", "Off", "Listening", "Delivered", "NotDelivered"] {
+            for state in [
+                "Watching",
+                "SessionLocks",
+                "NoChannel",
+                "Off",
+                "Listening",
+                "Delivered",
+                "NotDelivered",
+            ] {
                 if debug.contains(&format!("notifications: {state},")) {
                     say(&format!("waiting {state}"));
                     return;
@@ -77,6 +90,27 @@ fn wait(url: &str, name: &str, permits: u32, retry: Duration, timeout: Duration)
     }
 }
 
+fn hold(url: &str, name: &str, ttl: Duration) -> ExitCode {
+    let config = Config::from_env_with_url(url).unwrap_or_else(|e| panic!("settings: {e}"));
+    let locks = Locks::new(config).unwrap_or_else(|e| panic!("handle for {url}: {e}"));
+    match locks.lock(name).lock_ttl(Some(ttl)).try_acquire() {
+        Ok(Some(guard)) => {
+            say(&format!("held {}", guard.token().unwrap_or_default()));
+            loop {
+                std::thread::sleep(Duration::from_secs(3600));
+            }
+        }
+        Ok(None) => {
+            say("busy");
+            ExitCode::from(1)
+        }
+        Err(err) => {
+            say(&format!("error {err}"));
+            ExitCode::from(1)
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args
@@ -92,8 +126,9 @@ fn main() -> ExitCode {
             secs(retry),
             secs(timeout),
         ),
+        ["hold", url, name, ttl] => hold(url, name, secs(ttl)),
         _ => {
-            eprintln!("usage: wake-helper wait URL NAME PERMITS RETRY TIMEOUT");
+            eprintln!("usage: wake-helper wait URL NAME PERMITS RETRY TIMEOUT | hold URL NAME TTL");
             ExitCode::from(2)
         }
     }

@@ -21,6 +21,7 @@ mod sqlite;
 
 pub(crate) mod exec;
 pub(crate) mod pool;
+pub(crate) mod session;
 mod watch;
 
 // A lock without expiry gets `expires_at` 9999-01-01 00:00:00 UTC: far enough to never
@@ -385,6 +386,26 @@ pub trait LockConnection: R2D2Connection + Send + 'static + sealed::Sealed {
         Ok(Vec::new())
     }
 
+    /// MySQL: the current database and whether this server is a Galera node (`@@wsrep_on`),
+    /// read once per wake-up channel connection (`backend::session`). `None` elsewhere.
+    #[doc(hidden)]
+    fn session_info(&mut self) -> QueryResult<Option<(String, bool)>> {
+        Ok(None)
+    }
+
+    /// MySQL: `GET_LOCK(key, timeout)`: whether it was granted within `timeout` (whole
+    /// seconds; 0 tries once). Elsewhere never granted.
+    #[doc(hidden)]
+    fn get_session_lock(&mut self, _key: &str, _timeout_secs: i64) -> QueryResult<bool> {
+        Ok(false)
+    }
+
+    /// MySQL: `RELEASE_LOCK(key)`: whether this session held it.
+    #[doc(hidden)]
+    fn release_session_lock(&mut self, _key: &str) -> QueryResult<bool> {
+        Ok(false)
+    }
+
     /// Backend-specific messages that mark an error as transient.
     #[doc(hidden)]
     fn transient_message(message: &str) -> bool;
@@ -420,6 +441,16 @@ pub trait Listener: Send {
     /// After [`Heard::Committed`]: which of the rows waited for are free now
     /// ([`LockConnection::free_rows`], on the listener's connection).
     fn free_rows(&mut self, queues: &[String]) -> QueryResult<Vec<String>>;
+
+    /// Whether it waits on the session locks holders take beside their rows (MySQL,
+    /// `backend::session`), for the names given by [`set_waited`](Self::set_waited).
+    fn session_locks(&self) -> bool {
+        false
+    }
+
+    /// The lock names waited for now (not semaphores, not held by this handle); told
+    /// before each [`wait`](Self::wait). Only a session-lock listener uses them.
+    fn set_waited(&mut self, _names: Vec<String>) {}
 }
 
 pub(crate) mod sealed {

@@ -197,6 +197,13 @@ const PERMITS_SLOT: &str = "\
 INSERT INTO database_locks_lock (name, locked_by, expires_at, token)
 SELECT ?, NULL, NULL, 0 FROM DUAL WHERE NOT EXISTS (SELECT 1 FROM database_locks_lock WHERE name = ?)";
 
+// The wake-up channel (`backend::session`): session locks beside the rows, never the lock
+// itself. `GET_LOCK` gives NULL on an error (the session killed while waiting): -1 here.
+const SESSION_DATABASE: &str = "SELECT COALESCE(DATABASE(), '') AS name";
+const SESSION_GALERA: &str = "SELECT CAST(@@wsrep_on AS SIGNED) AS n";
+const SESSION_LOCK: &str = "SELECT CAST(COALESCE(GET_LOCK(?, ?), -1) AS SIGNED) AS n";
+const SESSION_UNLOCK: &str = "SELECT CAST(COALESCE(RELEASE_LOCK(?), -1) AS SIGNED) AS n";
+
 // Galera: every read waits until this node has applied what the cluster committed before
 // it, so `verify` sees a theft committed through another node. MariaDB without Galera
 // accepts the setting and ignores it; MySQL without Galera does not know it.
@@ -457,6 +464,42 @@ impl LockConnection for MysqlConnection {
         force_release: FORCE_RELEASE,
     );
 
+    fn session_info(&mut self) -> QueryResult<Option<(String, bool)>> {
+        let database: Vec<Column> = Stmt::new(SESSION_DATABASE, &[]).load(self)?;
+        let database = database
+            .into_iter()
+            .next()
+            .map(|c| c.name)
+            .unwrap_or_default();
+        // MySQL without Galera does not know the variable; MariaDB without it says 0.
+        let rows: QueryResult<Vec<Count>> = Stmt::new(SESSION_GALERA, &[]).load(self);
+        let galera = match rows {
+            Ok(rows) => rows.first().is_some_and(|c| c.n != 0),
+            Err(DieselError::DatabaseError(_, info))
+                if info.message().contains("Unknown system variable") =>
+            {
+                false
+            }
+            Err(err) => return Err(err),
+        };
+        Ok(Some((database, galera)))
+    }
+
+    fn get_session_lock(&mut self, key: &str, timeout_secs: i64) -> QueryResult<bool> {
+        let rows: Vec<Count> =
+            Stmt::new(SESSION_LOCK, &[Bind::Text(key), Bind::BigInt(timeout_secs)]).load(self)?;
+        match rows.first().map(|c| c.n) {
+            Some(1) => Ok(true),
+            Some(0) => Ok(false),
+            _ => Err(session_lock_error("GET_LOCK gave NULL")),
+        }
+    }
+
+    fn release_session_lock(&mut self, key: &str) -> QueryResult<bool> {
+        let rows: Vec<Count> = Stmt::new(SESSION_UNLOCK, &[Bind::Text(key)]).load(self)?;
+        Ok(rows.first().is_some_and(|c| c.n == 1))
+    }
+
     fn transient_message(message: &str) -> bool {
         let m = message.to_ascii_lowercase();
         [
@@ -484,6 +527,15 @@ impl LockConnection for MysqlConnection {
     fn missing_table_message(message: &str) -> bool {
         message.contains("database_locks_lock") && message.contains("doesn't exist")
     }
+}
+
+/// A session-lock call that failed without a database error (NULL from `GET_LOCK`: the
+/// wait was interrupted): the connection is not trusted again.
+fn session_lock_error(what: &str) -> DieselError {
+    DieselError::DatabaseError(
+        diesel::result::DatabaseErrorKind::ClosedConnection,
+        Box::new(what.to_owned()),
+    )
 }
 
 /// Errors after which the server refuses every statement of this session, though the

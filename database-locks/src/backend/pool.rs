@@ -12,6 +12,7 @@ use diesel::{Connection, QueryResult};
 use parking_lot::Mutex;
 
 use super::exec::{Permit, Permits, Reply, Workers};
+use super::session::{Session, SessionConn, SessionListener};
 use super::watch::{self, FileWatch};
 use super::{
     breaks_connection, classify, Attempt, Failure, Heard, Lease, Listener, LockConnection,
@@ -81,6 +82,11 @@ pub(crate) trait Store: Send + Sync + 'static {
     /// A connection of the pool, kept to listen for releases until dropped; `None` when
     /// the backend has no notifications.
     fn listener(&self, deadline: Instant) -> Option<Result<Box<dyn Listener>, OpError>>;
+    /// MySQL, on a pool of this crate's own: what the wake-up channel runs on (connections
+    /// of its own, `backend::session`). `None` elsewhere.
+    fn session(&self) -> Option<Session> {
+        None
+    }
 
     /// `now + statement_timeout`, or `limit` if that comes first.
     fn deadline(&self, limit: Option<Instant>) -> Instant {
@@ -810,7 +816,26 @@ where
         self.run("notify", deadline, move |c| c.notify(&payload))
     }
 
+    fn session(&self) -> Option<Session> {
+        self.session_of()
+    }
+
     fn listener(&self, deadline: Instant) -> Option<Result<Box<dyn Listener>, OpError>> {
+        if self.kind() == BackendKind::Mysql {
+            // Session locks, on connections of its own; an application's pool polls.
+            let session = self.session()?;
+            return match session.open(deadline) {
+                Ok(first) => SessionListener::new(session, first)
+                    .map(|l| Ok(Box::new(l) as Box<dyn Listener>)),
+                Err(message) => Some(Err(OpError {
+                    failure: Failure::Transient,
+                    error: Error::Connect {
+                        url: self.shared.url.clone(),
+                        message,
+                    },
+                })),
+            };
+        }
         let shared = Arc::clone(&self.shared);
         type Listening<M> = Option<(PooledConnection<M>, Option<std::path::PathBuf>)>;
         let job = move |reply: Reply<Result<Listening<M>, OpError>>| {
@@ -840,6 +865,81 @@ where
             Ok(None) => None,
             Err(err) => Some(Err(err)),
         }
+    }
+}
+
+impl<M> PoolStore<M>
+where
+    M: ManageConnection,
+    M::Connection: PooledLockConnection,
+{
+    fn session_of(&self) -> Option<Session> {
+        if self.kind() != BackendKind::Mysql || self.shared.dedicated.is_none() {
+            return None;
+        }
+        let shared = Arc::clone(&self.shared);
+        let opener = move || -> Result<Box<dyn SessionConn>, String> {
+            let connect = shared
+                .dedicated
+                .as_ref()
+                .ok_or_else(|| "no connection of its own".to_owned())?;
+            let mut conn = connect().map_err(|e| e.to_string())?;
+            let (database, galera) = conn
+                .conn()
+                .session_info()
+                .map_err(|e| e.to_string())?
+                .unwrap_or_default();
+            Ok(Box::new(SideConn::<M> {
+                conn,
+                database,
+                galera,
+            }))
+        };
+        Some(Session {
+            opener: Arc::new(opener),
+            workers: Arc::clone(&self.workers),
+            statement_timeout: self.statement_timeout,
+        })
+    }
+}
+
+/// A connection of the wake-up channel, opened outside the pool like the renewal lane's:
+/// it never takes a place acquisitions wait for, and closing it lets go of its session
+/// locks.
+struct SideConn<M: ManageConnection> {
+    conn: M::Connection,
+    database: String,
+    galera: bool,
+}
+
+impl<M> SessionConn for SideConn<M>
+where
+    M: ManageConnection,
+    M::Connection: PooledLockConnection,
+{
+    fn database(&self) -> &str {
+        &self.database
+    }
+
+    fn galera(&self) -> bool {
+        self.galera
+    }
+
+    fn get_lock(&mut self, key: &str, timeout_secs: i64) -> QueryResult<bool> {
+        self.conn.conn().get_session_lock(key, timeout_secs)
+    }
+
+    fn release_lock(&mut self, key: &str) -> QueryResult<bool> {
+        self.conn.conn().release_session_lock(key)
+    }
+
+    fn row_free(&mut self, name: &str) -> QueryResult<bool> {
+        let rows = self.conn.conn().list(Some(name))?;
+        Ok(rows.first().is_none_or(|row| !row.is_held()))
+    }
+
+    fn ping(&mut self) -> QueryResult<()> {
+        R2D2Connection::ping(self.conn.conn())
     }
 }
 

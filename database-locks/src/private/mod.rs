@@ -19,6 +19,10 @@ pub use args::{LockName, MaybeSeconds, Owner, Seconds};
 pub use kinds::{lock_failed, CarriesLockError, Panic, PanicKind, Ret, ReturnErr, ReturnErrKind};
 pub use names::method_lock_name;
 
+/// The MySQL session lock that stands for the lock `name` of the table in `database`
+/// (the wake-up channel, `backend::session`): for tests that look for it.
+pub use crate::backend::session::wake_key;
+
 /// The builder `#[locked]` fills in: a [`LockBuilder`] plus the first argument that could
 /// not be converted, returned by [`acquire`](Self::acquire) or
 /// [`acquire_async`](Self::acquire_async) before any SQL runs.
