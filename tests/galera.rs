@@ -406,6 +406,7 @@ fn a_waiter_on_node_2_takes_over_when_node_1_releases() {
         }
     }
     let waiter = cluster.nodes[1].locks();
+    let waiter_handle = waiter.clone();
     let acquired = Arc::new(AtomicBool::new(false));
     let (flag, wanted) = (Arc::clone(&acquired), name.clone());
     let waiting = std::thread::spawn(move || {
@@ -421,6 +422,24 @@ fn a_waiter_on_node_2_takes_over_when_node_1_releases() {
     std::thread::sleep(Duration::from_secs(1));
     assert!(!acquired.load(Ordering::SeqCst), "the waiter got in");
     assert!(guard.verify().unwrap(), "node 1 still holds it");
+    // No wake-up channel on Galera (GET_LOCK is per node): the holder, in for a second
+    // (the channel would take its session lock after 5 ms), took none on its node, and
+    // the waiter's listener found out that it must poll.
+    let key = database_locks::__private::wake_key(
+        cluster.nodes[0].url.rsplit('/').next().unwrap(),
+        &name,
+    );
+    let rows: Vec<Value> = diesel::sql_query(format!(
+        "SELECT CAST(COALESCE(IS_USED_LOCK('{key}'), 0) AS SIGNED) AS n"
+    ))
+    .load(&mut connect(&cluster.nodes[0].url))
+    .unwrap();
+    assert_eq!(rows[0].n, 0, "a session on node 1 holds {key}");
+    assert!(
+        eventually(Duration::from_secs(10), || format!("{waiter_handle:?}")
+            .contains("NoChannel")),
+        "the waiter's listener knows it must poll: {waiter_handle:?}"
+    );
     let released = Instant::now();
     // The row still carried node 1's owner and token: nobody took it meanwhile.
     guard.release().unwrap();
