@@ -600,6 +600,13 @@ fn a_lock_stolen_through_node_3_is_reported_lost_on_node_1() {
 /// row, steals it there, then asks node 1 at once.
 fn stale_verifies(holder: &Locks, thief_url: &str, rounds: usize) -> usize {
     let mut thief = connect(thief_url);
+    // The thief's UPDATE waits until node 3 has applied what the cluster committed before
+    // it, the holder's row included (bits 1 and 2: reads, updates and deletes). Without
+    // it the steal was retried until node 3 had the row, and on a loaded machine once
+    // found no row within 10 s.
+    thief
+        .batch_execute("SET SESSION wsrep_sync_wait = 3")
+        .unwrap_or_else(|e| panic!("wsrep_sync_wait on {thief_url}: {e}"));
     let mut stale = 0;
     for _ in 0..rounds {
         let name = unique_name("galera-verify");
@@ -614,11 +621,21 @@ fn stale_verifies(holder: &Locks, thief_url: &str, rounds: usize) -> usize {
             "UPDATE database_locks_lock SET locked_by = 'thief', token = token + 1 \
              WHERE name = '{name}' AND token = {token}"
         );
+        let mut last = String::new();
         assert!(
-            eventually(Duration::from_secs(10), || diesel::sql_query(&steal)
-                .execute(&mut thief)
-                .is_ok_and(|n| n == 1)),
-            "stole {name} through node 3"
+            eventually(Duration::from_secs(10), || {
+                match diesel::sql_query(&steal).execute(&mut thief) {
+                    Ok(n) => {
+                        last = format!("{n} rows matched");
+                        n == 1
+                    }
+                    Err(e) => {
+                        last = e.to_string();
+                        false
+                    }
+                }
+            }),
+            "stole {name} through node 3 (last try: {last})"
         );
         if guard.verify().unwrap() {
             stale += 1;
