@@ -10,61 +10,11 @@
 
 mod common;
 
-use std::process::Child;
-use std::sync::mpsc::Receiver;
 use std::time::Duration;
 
-use common::{expect_line, lines, unique_name, wait_exit, Db};
+use common::{unique_name, Db};
 
-const WAKE_HELPER: &str = env!("CARGO_BIN_EXE_wake-helper");
-
-/// The waiter's poll: longer than anything a test waits, so a poll cannot pass it.
-const RETRY: &str = "60";
-
-/// How long a step may take on a loaded machine before the test calls it broken.
-const STEP: Duration = Duration::from_secs(60);
-
-/// Starts `wake-helper wait` on `db` (`notify` sets `DATABASE_LOCKS_NOTIFY`) and returns
-/// it once its first attempt has been refused, with the listener state it reported.
-fn waiter(
-    db: &Db,
-    name: &str,
-    permits: u32,
-    timeout: &str,
-    notify: bool,
-) -> (Child, Receiver<String>, String) {
-    let mut child = std::process::Command::new(WAKE_HELPER)
-        .args(["wait", &db.url, name, &permits.to_string(), RETRY, timeout])
-        .env("DATABASE_LOCKS_NOTIFY", notify.to_string())
-        .env_remove("DATABASE_LOCKS_TRANSACTION_POOLING")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::inherit())
-        .spawn()
-        .expect("spawn wake-helper");
-    let out = lines(child.stdout.take().expect("stdout piped"));
-    let waiting = expect_line(&out, "waiting ", STEP);
-    let state = waiting["waiting ".len()..].to_owned();
-    (child, out, state)
-}
-
-/// The waiter's outcome: `("acquired", Some(token), ms)` or `("timeout", None, ms)`.
-fn outcome(child: &mut Child, out: &Receiver<String>) -> (String, Option<u64>, u64) {
-    let line = out
-        .recv_timeout(STEP)
-        .expect("the waiter says how it ended");
-    let words: Vec<&str> = line.split(' ').collect();
-    let status = wait_exit(child, STEP);
-    assert!(status.success(), "the waiter failed ({status}): {line}");
-    match words.as_slice() {
-        ["acquired", token, ms] => (
-            "acquired".into(),
-            Some(token.parse().expect("token")),
-            ms.parse().expect("ms"),
-        ),
-        ["timeout", ms] => ("timeout".into(), None, ms.parse().expect("ms")),
-        _ => panic!("unexpected line from the waiter: {line}"),
-    }
-}
+use common::wake::{outcome, waiter, RETRY, STEP};
 
 fn token_i64(token: u64) -> i64 {
     i64::try_from(token).expect("a token fits the column")
@@ -83,7 +33,7 @@ fn a_release_wakes_a_waiter_in_another_process() {
         .expect("a new name is free");
     let held = guard.token().expect("a token");
 
-    let (mut child, out, state) = waiter(&db, &name, 0, "30", true);
+    let (mut child, out, state) = waiter(&db, &name, 0, RETRY, "30", true);
     assert_eq!(
         state, "Watching",
         "the waiter's handle watches the file's commits"
@@ -122,7 +72,7 @@ fn without_notify_the_waiter_finds_out_at_its_deadline_only() {
         .expect("acquire")
         .expect("a new name is free");
 
-    let (mut child, out, state) = waiter(&db, &name, 0, "3", false);
+    let (mut child, out, state) = waiter(&db, &name, 0, RETRY, "3", false);
     assert_eq!(state, "Off");
     guard.release().expect("release");
 
@@ -151,7 +101,7 @@ fn a_released_permit_wakes_a_semaphore_waiter_in_another_process() {
         })
         .collect();
 
-    let (mut child, out, state) = waiter(&db, &name, 2, "30", true);
+    let (mut child, out, state) = waiter(&db, &name, 2, RETRY, "30", true);
     assert_eq!(state, "Watching");
     let mut permits = permits.into_iter();
     let (first, second) = (permits.next(), permits.next());

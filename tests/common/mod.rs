@@ -8,6 +8,7 @@
 
 pub mod fenced;
 pub mod global;
+pub mod wake;
 
 use std::time::{Duration, Instant};
 
